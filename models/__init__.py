@@ -1,0 +1,10 @@
+"""Pure torch models, registered by name. No I/O, logging, device logic or Prefect here.
+
+    import models
+    net = models.build("mnist_convnet", num_classes=10)
+"""
+
+from models import mnist  # noqa: F401  (importing a model module registers its builders)
+from models.registry import build, names, register
+
+__all__ = ["build", "names", "register"]
