@@ -2,9 +2,11 @@
 
     import models
     net = models.build("mnist_convnet", num_classes=10)
+    models.names()   # every registered builder
 """
 
-from models import mnist  # noqa: F401  (importing a model module registers its builders)
+# Importing a model module registers its builders.
+from models import mnist, resnet, vgg  # noqa: F401
 from models.registry import build, names, register
 
 __all__ = ["build", "names", "register"]
