@@ -6,7 +6,7 @@
 """
 
 # Importing a model module registers its builders.
-from models import mnist, resnet, rfpose, vgg  # noqa: F401
+from models import mnist, pconv, resnet, rfpose, vgg  # noqa: F401
 from models.registry import build, names, register
 
 __all__ = ["build", "names", "register"]
