@@ -73,7 +73,7 @@ def segments(sizes: list[int], start: int, stop: int) -> list[tuple[int, int, in
 def read_shard(url: str) -> Iterator[dict[str, Any]]:
     """Samples of one tar shard as ``{"__key__": …, "<ext>": bytes}`` (nothing decoded)."""
     with storage.open_read(url) as stream:
-        members = tar_file_iterator(stream)
+        members = ({**member, "__url__": url} for member in tar_file_iterator(stream))
         for sample in group_by_keys(members):
             sample.pop("__url__", None)
             yield sample

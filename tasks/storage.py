@@ -43,14 +43,20 @@ def _split(url: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@functools.lru_cache(maxsize=None)
 def _client():
+    # One client per endpoint and process: boto3 clients must not cross a fork (DataLoader
+    # workers), and tests point AWS_ENDPOINT_URL at different servers.
+    return _client_for(os.environ.get("AWS_ENDPOINT_URL"), os.getpid())
+
+
+@functools.lru_cache(maxsize=None)
+def _client_for(endpoint: str | None, pid: int):
     import boto3
     from botocore.config import Config
 
     # Few, short retries: an unreachable endpoint must fail in seconds, not minutes.
     config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"})
-    return boto3.client("s3", config=config)
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
 def _s3_error(url: str, exc: Exception) -> StorageError:
@@ -219,6 +225,7 @@ def _local_atomic(path: Path, write) -> None:
         raise StorageError(f"{path}: {exc.strerror}") from None
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; datasets and checkpoints are shared reading
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

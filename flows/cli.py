@@ -1,0 +1,123 @@
+"""The ``visionflow`` command: run flows directly (Prefect's ephemeral mode needs no server).
+
+    visionflow pipeline mnist --source /usr/share/datasets/fashion-mnist --epochs 6
+    visionflow ingest mnist --source DIR [--out s3://bucket/datasets]
+    visionflow train --data URL [--recipe mnist_mlp] [--epochs N]
+    visionflow evaluate --checkpoint-dir DIR
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from cyclopts import App, Parameter
+
+from tasks.config import EvaluateConfig, MnistIngestConfig, MnistPipelineConfig, TrainConfig, resolve_home
+
+app = App(name="visionflow", help="Computer-vision experiments as Prefect pipelines.")
+pipeline_app = App(name="pipeline", help="Run a whole pipeline: ingest → train → evaluate.")
+ingest_app = App(name="ingest", help="Turn a raw dataset into WebDataset shards.")
+app.command(pipeline_app)
+app.command(ingest_app)
+
+# Quiet, robust defaults for Prefect's embedded server; anything the user set wins.
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
+
+
+def _prepare_environment() -> Path:
+    for key, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    home = resolve_home(os.environ)
+    home.mkdir(parents=True, exist_ok=True)
+    # Prefect's embedded server keeps its database beside visionflow's, not in ~/.prefect.
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
+    try:
+        from tasks import stack
+    except ImportError:
+        return home
+    stack.apply_env_file(home)  # a running `visionflow stack up` points every command at it
+    return home
+
+
+def _run(flow, cfg):
+    """Run a flow; expected failures become one line on stderr and exit code 1."""
+    from tasks.errors import explain
+
+    try:
+        return flow(cfg)
+    except Exception as exc:  # noqa: BLE001 — every failure ends as one readable line
+        message = explain(exc)
+        if message is None:
+            raise
+        print(f"visionflow: error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+@pipeline_app.command(name="mnist")
+def pipeline_mnist(cfg: Annotated[MnistPipelineConfig, Parameter(name="*")] = MnistPipelineConfig()):
+    """MNIST-format IDX files → shards → DDP training → evaluation → MLflow."""
+    from flows.pipeline import mnist_pipeline
+
+    result = _run(mnist_pipeline, cfg)
+    _print_summary(result["data"], result["train"], result["evaluate"])
+
+
+@ingest_app.command(name="mnist")
+def ingest_mnist(cfg: Annotated[MnistIngestConfig, Parameter(name="*")] = MnistIngestConfig()):
+    """MNIST or Fashion-MNIST IDX files (gzipped or raw) → WebDataset shards."""
+    from flows.mnist import mnist_ingest
+
+    data = _run(mnist_ingest, cfg)
+    print(f"dataset {data['url']}: " + ", ".join(f"{k} {v}" for k, v in data["samples"].items())
+          + f", rejects {data['rejects']}")
+
+
+@app.command
+def train(cfg: Annotated[TrainConfig, Parameter(name="*")]):
+    """Train a recipe on a dataset with DDP; a re-run with the same --run-name resumes."""
+    from flows.train import train as train_flow
+
+    result = _run(train_flow, cfg)
+    print(f"trained: val top1 {result['val/top1']:.4f}; checkpoints in {result['checkpoint_dir']}; "
+          f"MLflow run {result['mlflow_run_id']}")
+
+
+@app.command
+def evaluate(cfg: Annotated[EvaluateConfig, Parameter(name="*")]):
+    """Score a trained run and log the results to its MLflow run."""
+    from flows.evaluate import evaluate as evaluate_flow
+
+    scores = _run(evaluate_flow, cfg)
+    print(", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float) and "/acc/" not in k))
+
+
+def _print_summary(data: dict, trained: dict, scores: dict) -> None:
+    split = next(k for k in scores if k.endswith("/top1")).split("/")[0]
+    uri = scores["tracking_uri"]
+    print()
+    print(f"  dataset     {data['url']}  ({', '.join(f'{k} {v}' for k, v in data['samples'].items())}, "
+          f"rejects {data['rejects']})")
+    print(f"  accuracy    top-1 {scores[f'{split}/top1']:.2%}   top-5 {scores.get(f'{split}/top5', float('nan')):.2%}"
+          f"   on {split}")
+    print(f"  checkpoint  {trained['checkpoint_dir']}")
+    print(f"  MLflow run  {scores['mlflow_run_id']}  in {uri}")
+    if uri.startswith("sqlite:"):
+        print(f"  browse      mlflow ui --backend-store-uri {uri}")
+
+
+def main() -> None:
+    _prepare_environment()  # before Prefect is imported: it reads its settings once
+    app()
+
+
+if __name__ == "__main__":
+    main()

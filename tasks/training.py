@@ -1,0 +1,123 @@
+"""Launch the training engine under torchrun, as a subprocess of a Prefect task.
+
+The task never joins a process group itself: it resolves the job, makes (or finds again) the
+MLflow run, and starts ``torchrun … -m tasks.engine``. A retry launches the same job, which
+resumes from the last checkpoint, so a retry is never a restart from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+
+from tasks import shards, storage, tracking
+from tasks.config import TrainConfig
+from tasks.engine import CHECKPOINT, Job, load_checkpoint
+
+RUN_RECORD = "run.json"
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
+    """Resolve defaults and the MLflow run. A run directory that already has a run record keeps
+    its MLflow run, so a resumed training logs into the run it started."""
+    manifest = shards.read_manifest(cfg.data)
+    checkpoint_dir = cfg.checkpoint_dir or str(Path(home) / "runs" / cfg.run_name)
+    record_url = storage.join(checkpoint_dir, RUN_RECORD)
+    if storage.exists(record_url):
+        run_id = json.loads(storage.read_bytes(record_url))["mlflow_run_id"]
+    else:
+        params = tracking.flatten(cfg)
+        params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
+                       "data.train_samples": str(manifest["splits"]["train"]["samples"])})
+        tags = {"dataset.url": cfg.data, "dataset.manifest_sha256": shards.manifest_checksum(manifest),
+                "visionflow.checkpoint_dir": checkpoint_dir, "visionflow.recipe": cfg.recipe}
+        run_id = tracking.start_run(uri, cfg.experiment, home, cfg.run_name, params, tags)
+        storage.write_bytes(record_url, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}).encode())
+    return Job(cfg, checkpoint_dir, len(manifest["classes"]), uri, run_id)
+
+
+def torchrun_command(job: Job, job_file: Path) -> list[str]:
+    cfg = job.config
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc}"]
+    if cfg.nnodes > 1:
+        if not cfg.rdzv_endpoint:
+            raise TrainingError(f"nnodes={cfg.nnodes} needs rdzv_endpoint (host:port of node 0)")
+        cmd += [f"--nnodes={cfg.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}",
+                f"--rdzv-id={cfg.run_name}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + ["-m", "tasks.engine", "--job", str(job_file)]
+
+
+def launch(job: Job, log=print) -> dict:
+    """Run the job to completion; returns the last epoch's metrics from the checkpoint."""
+    with tempfile.TemporaryDirectory(prefix="vf-job-") as tmp:
+        job_file = Path(tmp, "job.json")
+        job_file.write_text(job.to_json())
+        cmd = torchrun_command(job, job_file)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+        output: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            output = (output + [line])[-400:]
+            if line.startswith('{"event": "epoch"'):
+                log(_epoch_line(json.loads(line), job.epochs))
+        if proc.wait() != 0:
+            raise TrainingError(f"training exited with code {proc.returncode}:\n{_first_traceback(output)}")
+    state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
+    if state is None:
+        raise TrainingError(f"{job.checkpoint_dir}: training finished without a checkpoint")
+    return state["history"][-1]
+
+
+def _first_traceback(lines: list[str], limit: int = 30) -> str:
+    """A rank's own traceback, not torchrun's report about it."""
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
+    start = starts[0] if starts else max(0, len(lines) - limit)
+    return "\n".join(lines[start : start + limit])
+
+
+def _epoch_line(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch'] + 1}/{epochs}: loss {m['train/loss']:.4f}  val top1 {m['val/top1']:.4f}"
+            f"  {m['perf/images_per_s']:.0f} img/s  ({m['perf/epoch_s']:.0f} s)")
+
+
+def log_model(job: Job) -> None:
+    """Log the trained network to the run as an MLflow PyTorch model."""
+    import mlflow
+    import mlflow.pytorch
+
+    import models
+
+    state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
+    model = models.build(job.recipe.model, num_classes=job.num_classes, **job.recipe.model_kwargs)
+    model.load_state_dict(state["model"])
+    mlflow.set_tracking_uri(job.tracking_uri)
+    with mlflow.start_run(run_id=job.mlflow_run_id):
+        # MLflow 3 stores a torch.export graph (no pickle), traced on an example input; explicit
+        # requirements, as inferring them would re-import the world in a subprocess.
+        example = np.zeros((2, *job.recipe.input_shape), dtype=np.float32)  # batch 2: keep it dynamic
+        mlflow.pytorch.log_model(model.eval(), name="model", input_example=example,
+                                 pip_requirements=["torch", "torchvision", "visionflow"])
+
+
+@task(name="train", retries=2, retry_delay_seconds=5)
+def train_task(cfg: TrainConfig, home: Path, uri: str) -> dict:
+    logger = get_run_logger()
+    job = prepare(cfg, home, uri)
+    logger.info("training %s on %s (%d × %s), checkpoints in %s, MLflow run %s", cfg.recipe, cfg.data,
+                cfg.nproc * cfg.nnodes, cfg.device, job.checkpoint_dir, job.mlflow_run_id)
+    metrics = launch(job, logger.info)
+    log_model(job)
+    return {"checkpoint_dir": job.checkpoint_dir, "mlflow_run_id": job.mlflow_run_id, **metrics}
