@@ -72,3 +72,31 @@ class MnistPipelineConfig(Frozen):
     nproc: int = Field(2, ge=1, description="Training processes")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap steps per epoch (smoke runs)")
     run_name: str | None = Field(None, description="Run name (default: <dataset>-<recipe>)")
+
+
+class ImagenetIngestConfig(Frozen):
+    source: str = Field(description="ILSVRC-2012 root holding train/ and val/ (flat val needs "
+                        "LOC_val_solution.csv or the devkit beside them), or any ImageFolder-shaped root")
+    out: str | None = Field(None, description="Dataset root: a local directory or s3://bucket/prefix "
+                            "(default: $VISIONFLOW_HOME/datasets)")
+    dataset: str = Field("imagenet", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
+                         description="Dataset name under the root")
+    version: str = Field("v1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
+                         description="Version of the resized + center-cropped dataset; immutable once committed")
+    size: int = Field(256, ge=8, description="Shorter side after resizing, and the center crop's side")
+    variants: tuple[int, ...] = Field((), description="Extra shorter-side-only sizes (e.g. 160 352), "
+                                      "each written as version <version>-short<N>")
+    quality: int = Field(90, ge=1, le=100, description="JPEG quality of the re-encoded images")
+    resample: Literal["bilinear", "bicubic", "lanczos"] = Field(
+        "bilinear", description="Antialiased resize filter (bilinear is torchvision's Resize default)")
+    draft: bool = Field(True, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT "
+                        "domain, never below twice the target size")
+    max_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels are rejected as "
+                            "decompression bombs (default: Pillow's limit)")
+    shard_size: int = Field(1000, ge=1, description="Images per shard, and per Prefect task")
+    task_runner: Literal["processes", "threads", "dask", "ray"] = Field(
+        "processes", description="Where shard tasks run: local processes or threads, or a Dask / Ray "
+        "cluster (needs prefect-dask / prefect-ray)")
+    workers: int | None = Field(None, ge=1, description="Local processes or threads (default: CPU count)")
+    cluster_address: str | None = Field(None, description="Dask scheduler or Ray head address")
+    experiment: str = Field("imagenet-ingest", description="MLflow experiment of the ingest summary")
