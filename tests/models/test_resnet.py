@@ -1,4 +1,4 @@
-"""ResNet-50 with the DAWNBench options: zero-init residual BN, no decay on BN/bias, channels_last."""
+"""ResNet-50, DAWNBench options: zero-init residual BN, no decay on BN/bias, channels_last."""
 
 from __future__ import annotations
 
