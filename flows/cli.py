@@ -2,12 +2,14 @@
 
     visionflow pipeline mnist --source /usr/share/datasets/fashion-mnist --epochs 6
     visionflow ingest mnist --source DIR [--out s3://bucket/datasets]
+    visionflow ingest imagenet --source ILSVRC_ROOT [--out s3://bucket/datasets]
     visionflow train --data URL [--recipe mnist_mlp] [--epochs N]
     visionflow evaluate --checkpoint-dir DIR
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
-from tasks.config import EvaluateConfig, MnistIngestConfig, MnistPipelineConfig, TrainConfig, resolve_home
+from tasks.config import EvaluateConfig, ImagenetIngestConfig, MnistIngestConfig, MnistPipelineConfig, TrainConfig, resolve_home
 
 app = App(name="visionflow", help="Computer-vision experiments as Prefect pipelines.")
 pipeline_app = App(name="pipeline", help="Run a whole pipeline: ingest → train → evaluate.")
@@ -48,17 +50,33 @@ def _prepare_environment() -> Path:
     return home
 
 
+_final_words: list[str] = []
+
+
+def _say_final_words() -> None:
+    # Registered before Prefect starts its embedded server, so it runs after that server's own
+    # exit handler: the error stays the last line on the terminal.
+    for line in _final_words:
+        print(line, file=sys.stderr)
+
+
 def _run(flow, cfg):
     """Run a flow; expected failures become one line on stderr and exit code 1."""
-    from tasks.errors import explain
+    import logging
 
+    from tasks.errors import QuietExpectedFailures, explain
+
+    quiet = QuietExpectedFailures()
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            handler.addFilter(quiet)
     try:
         return flow(cfg)
     except Exception as exc:  # noqa: BLE001 — every failure ends as one readable line
         message = explain(exc)
         if message is None:
             raise
-        print(f"visionflow: error: {message}", file=sys.stderr)
+        _final_words.append(f"visionflow: error: {message.splitlines()[0]}")
         sys.exit(1)
 
 
@@ -100,6 +118,16 @@ def evaluate(cfg: Annotated[EvaluateConfig, Parameter(name="*")]):
     print(", ".join(f"{k} {v:.4f}" for k, v in scores.items() if isinstance(v, float) and "/acc/" not in k))
 
 
+@ingest_app.command(name="imagenet")
+def ingest_imagenet(cfg: Annotated[ImagenetIngestConfig, Parameter(name="*")]):
+    """ILSVRC-2012 (train/, val/ + labels) or any ImageFolder tree → 256² JPEG WebDataset shards."""
+    from flows.imagenet import imagenet_ingest, progress_bar, summary_lines
+
+    with progress_bar():
+        result = _run(imagenet_ingest, cfg)
+    print("\n".join(summary_lines(result)))
+
+
 def _print_summary(data: dict, trained: dict, scores: dict) -> None:
     split = next(k for k in scores if k.endswith("/top1")).split("/")[0]
     uri = scores["tracking_uri"]
@@ -116,6 +144,7 @@ def _print_summary(data: dict, trained: dict, scores: dict) -> None:
 
 def main() -> None:
     _prepare_environment()  # before Prefect is imported: it reads its settings once
+    atexit.register(_say_final_words)
     app()
 
 

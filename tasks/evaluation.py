@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 import models
 from tasks import shards, storage
+from tasks.errors import retry_unless_bad_input
 from tasks.config import EvaluateConfig
 from tasks.engine import CHECKPOINT, Job, load_checkpoint
 from tasks.reader import ShardStream, shards_of
@@ -117,7 +118,7 @@ def log_to_run(tracking_uri: str, run_id: str, metrics: dict, artifacts: dict) -
             client.log_artifact(run_id, str(Path(tmp, name)), artifact_path="evaluation")
 
 
-@task(name="evaluate", retries=1)
+@task(name="evaluate", retries=1, retry_condition_fn=retry_unless_bad_input)
 def evaluate_task(cfg: EvaluateConfig) -> dict:
     job, metrics, artifacts = score(cfg)
     if job.mlflow_run_id:

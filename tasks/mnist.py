@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from prefect import get_run_logger, task
 
+from tasks.errors import retry_unless_bad_input
 from tasks.shards import ShardSpec, check_compatible, commit_shard, plan, write_manifest
 
 UBYTE = 0x08
@@ -127,7 +128,7 @@ def download(dest: Path) -> Path:
         MNIST(str(dest), train=True, download=True)
         MNIST(str(dest), train=False, download=True)
     except (OSError, RuntimeError) as exc:
-        raise IdxError(f"cannot download MNIST ({type(exc).__name__}: {str(exc)[:120]}); point "
+        raise IdxError(f"cannot download MNIST ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); point "
                        "--source at a directory of IDX files instead, e.g. "
                        "/usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist") from None
     return dest / "MNIST" / "raw"
@@ -155,7 +156,7 @@ def ingest(source: Path, dataset_url: str, dataset: str, version: str, shard_siz
                           source_fingerprint=source_fp)
 
 
-@task(name="ingest-mnist", retries=2, retry_delay_seconds=5)
+@task(name="ingest-mnist", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
 def ingest_task(source: Path, dataset_url: str, dataset: str, version: str, shard_size: int) -> dict:
     logger = get_run_logger()
 
@@ -166,6 +167,6 @@ def ingest_task(source: Path, dataset_url: str, dataset: str, version: str, shar
     return ingest(source, dataset_url, dataset, version, shard_size, on_shard=progress)
 
 
-@task(name="download-mnist", retries=1)
+@task(name="download-mnist", retries=1, retry_condition_fn=retry_unless_bad_input)
 def download_task(dest: Path) -> Path:
     return download(dest)

@@ -8,6 +8,7 @@ resumes from the last checkpoint, so a retry is never a restart from step 0.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ import numpy as np
 from prefect import get_run_logger, task
 
 from tasks import shards, storage, tracking
+from tasks.errors import retry_unless_bad_input
 from tasks.config import TrainConfig
 from tasks.engine import CHECKPOINT, Job, load_checkpoint
 
@@ -74,18 +76,23 @@ def launch(job: Job, log=print) -> dict:
             if line.startswith('{"event": "epoch"'):
                 log(_epoch_line(json.loads(line), job.epochs))
         if proc.wait() != 0:
-            raise TrainingError(f"training exited with code {proc.returncode}:\n{_first_traceback(output)}")
+            raise TrainingError(f"training exited with code {proc.returncode}; {_rank_failure(output)}")
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
     if state is None:
         raise TrainingError(f"{job.checkpoint_dir}: training finished without a checkpoint")
     return state["history"][-1]
 
 
-def _first_traceback(lines: list[str], limit: int = 30) -> str:
-    """A rank's own traceback, not torchrun's report about it."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback")]
-    start = starts[0] if starts else max(0, len(lines) - limit)
-    return "\n".join(lines[start : start + limit])
+def _rank_failure(lines: list[str], limit: int = 40) -> str:
+    """The first failing rank's own error (torchrun prefixes its lines with ``[rankN]:``), then
+    its traceback; torchrun's report about the failure says nothing more."""
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\[rank(\d+)\]): Traceback", line)
+        if match:
+            prefix = match.group(1)
+            trace = [l[len(prefix) + 2:] for l in lines[i:] if l.startswith(prefix + ":")]
+            return f"rank {match.group(2)} failed: {trace[-1]}\n" + "\n".join(trace[-limit:])
+    return "\n".join(lines[-limit:])
 
 
 def _epoch_line(m: dict, epochs: int) -> str:
@@ -112,7 +119,7 @@ def log_model(job: Job) -> None:
                                  pip_requirements=["torch", "torchvision", "visionflow"])
 
 
-@task(name="train", retries=2, retry_delay_seconds=5)
+@task(name="train", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
 def train_task(cfg: TrainConfig, home: Path, uri: str) -> dict:
     logger = get_run_logger()
     job = prepare(cfg, home, uri)

@@ -84,3 +84,42 @@ def prefect_harness():
 @pytest.fixture
 def home() -> Path:
     return Path(os.environ["VISIONFLOW_HOME"])
+
+
+def write_idx(path: Path, array, gz: bool = False) -> Path:
+    """Write a uint8 array in the IDX format (optionally gzipped)."""
+    import gzip
+    import struct
+
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    blob = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    blob += array.tobytes()
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    return path
+
+
+def synthetic_digits(n: int, seed: int):
+    """Learnable 28×28 images: class c is a bright vertical bar at column 2 + 2.5c, plus noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        col = 2 + int(2.5 * c)
+        images[i, 4:24, col : col + 2] = 255
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def idx_dir(tmp_path_factory) -> Path:
+    """A small MNIST-format directory (gzipped train, raw test) of synthetic digits."""
+    root = tmp_path_factory.mktemp("idx")
+    for split, prefix, n, gz in (("train", "train", 600, True), ("test", "t10k", 200, False)):
+        images, labels = synthetic_digits(n, seed=len(split))
+        suffix = ".gz" if gz else ""
+        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", images, gz)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", labels, gz)
+    return root
