@@ -225,6 +225,8 @@ def format_env(env: dict[str, str]) -> str:
 
 def _process_env(home: Path, client_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED}
+    # A schedule registered by `visionflow deploy` gets its runs within seconds, not a minute.
+    env.setdefault("PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS", "10")
     bindir = str(Path(sys.executable).parent)
     no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), HOST, "localhost"]))
     env.update(client_env)

@@ -13,9 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
+from cyclopts import App
 
-from flows.stack_cli import stack_app
+from flows.stack_cli import deploy, runs_app, stack_app, trigger
+from tasks import deploy as deployments
 from tasks import processes, stack
+
+REPO = Path(__file__).resolve().parents[2]
+# The commands mounted as the main CLI mounts them.
+CLI = App(name="visionflow")
+for command in (stack_app, deploy, trigger, runs_app):
+    CLI.command(command)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -24,11 +32,10 @@ pytestmark = pytest.mark.timeout(900)
 def home(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("VISIONFLOW_HOME", str(home))
-        mp.setenv("PREFECT_HOME", str(home / "prefect-client"))
-        mp.setenv("MPLCONFIGDIR", str(home / "mpl"))
-        mp.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        mp.setenv("VISIONFLOW_HOME", str(home))  # conftest.py keeps the rest of $HOME clean
+        # The commands apply the stack's env file to os.environ; undone when the module ends.
+        for key in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
+            mp.delenv(key, raising=False)
         yield home
     stack.down(home, grace=2)  # a safety net if a test failed before the last one
 
@@ -39,7 +46,7 @@ def started(home):
 
 
 def _cli(*tokens: str) -> int:
-    return stack_app(list(tokens), result_action="return_value")
+    return CLI(list(tokens), result_action="return_value")
 
 
 def _family(info: stack.StackInfo) -> dict[str, list[processes.Proc]]:
@@ -158,17 +165,135 @@ def test_up_again_starts_nothing(started):
     assert again.reused is True
     assert again.services == started.services
     assert _family(started) == before
-    assert _cli("up") == 0
+    assert _cli("stack", "up") == 0
 
 
 def test_status_command_shows_health_and_masks_secrets(started, capsys):
-    assert _cli("status", "--env") == 0
+    assert _cli("stack", "status", "--env") == 0
     out = capsys.readouterr().out
     for name in ("s3", "mlflow", "prefect", "worker"):
         assert f"\n{name} " in out
     assert out.count(" ok ") == 4
     assert f"http://127.0.0.1:{started.services['prefect'].port}" in out
     assert "AWS_SECRET_ACCESS_KEY=****" in out and "AWS_SECRET_ACCESS_KEY=testing" not in out
+
+
+def _prefect(started):
+    from prefect.client.orchestration import SyncPrefectClient
+
+    return SyncPrefectClient(stack.load_env_file(started.home)["PREFECT_API_URL"])
+
+
+def _s3_keys(started, prefix: str) -> list[str]:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=started.services["s3"].url, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=stack.BUCKET, Prefix=prefix).get("Contents", [])]
+
+
+def test_deploy_registers_each_flow_with_schedules_and_typed_forms(started, capsys):
+    assert _cli("deploy") == 0
+    out = capsys.readouterr().out
+    assert "skipped imagenet-ingest: flows/imagenet.py does not exist yet" in out
+    assert "skipped train-gpu: work pool visionflow-k8s-gpu does not exist" in out
+    with _prefect(started) as client:
+        found = {d.name: d for d in client.read_deployments()}
+    assert set(found) == {"mnist-pipeline", "mnist-ingest", "train", "evaluate"}
+    pipeline = found["mnist-pipeline"]
+    assert pipeline.work_pool_name == stack.POOL
+    assert [(s.schedule.cron, s.active) for s in pipeline.schedules] == [("0 2 * * *", True)]
+    assert [(s.schedule.cron, s.active) for s in found["train"].schedules] == [("0 4 * * 6", False)]
+    assert pipeline.parameters == {"cfg": {"source": "/usr/share/datasets/fashion-mnist",
+                                           "recipe": "mnist_convnet"}}
+    form = pipeline.parameter_openapi_schema["definitions"]["MnistPipelineConfig"]["properties"]
+    assert form["epochs"]["description"] and form["recipe"]["enum"] == ["mnist_convnet", "mnist_mlp"]
+    assert pipeline.pull_steps == [{"prefect.deployments.steps.set_working_directory":
+                                    {"directory": str(REPO)}}]
+
+
+def test_trigger_runs_a_deployment_on_the_worker(started, idx_dir, capsys):
+    out_url = f"s3://{stack.BUCKET}/datasets"
+    assert _cli("trigger", "mnist-ingest", "--param", f"source={idx_dir}", "--param", f"out={out_url}",
+                "--watch", "--timeout", "300") == 0
+    out = capsys.readouterr().out
+    ui = started.services["prefect"].url
+    assert f"of mnist-ingest/mnist-ingest: {ui}/runs/flow-run/" in out
+    assert "state: Completed" in out and "completed: " in out
+    keys = _s3_keys(started, "datasets/mnist/v1/")
+    assert "datasets/mnist/v1/manifest.json" in keys
+    assert any(k.endswith(".tar") for k in keys)
+
+
+def test_bad_triggers_fail_in_one_line_and_start_nothing(started, capsys):
+    with _prefect(started) as client:
+        before = len(client.read_flow_runs())
+    assert _cli("trigger", "no-such-deployment") == 1
+    assert _cli("trigger", "mnist-pipeline", "--param", "epochs=0") == 1
+    assert _cli("trigger", "mnist-pipeline", "--param", "recipe=vgg99") == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3
+    assert err[0].startswith("visionflow: error: unknown deployment 'no-such-deployment'")
+    assert "cfg.epochs" in err[1] and "minimum of 1" in err[1]
+    assert "cfg.recipe" in err[2]
+    with _prefect(started) as client:
+        assert len(client.read_flow_runs()) == before
+
+
+def test_a_watched_run_that_fails_exits_non_zero(started, tmp_path, capsys):
+    assert _cli("trigger", "evaluate", "--param", f"checkpoint_dir={tmp_path}", "--watch",
+                "--timeout", "300") == 1
+    captured = capsys.readouterr()
+    assert "state: Failed" in captured.out
+    assert "ended Failed" in captured.err and "last.pt" in captured.err
+
+
+def test_a_short_schedule_fires_a_run_the_worker_executes(started, idx_dir, tmp_path):
+    spec = tmp_path / "prefect.yaml"
+    spec.write_text(f"""
+deployments:
+  - name: ingest-every-15s
+    entrypoint: flows/mnist.py:mnist_ingest
+    work_pool: {{name: {stack.POOL}}}
+    schedules: [{{interval: 15}}]
+    parameters: {{cfg: {{source: "{idx_dir}", out: "s3://{stack.BUCKET}/scheduled"}}}}
+""")
+    api_url = stack.load_env_file(started.home)["PREFECT_API_URL"]
+    deployments.register(spec, api_url=api_url, root=REPO, names=["ingest-every-15s"])
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    only_this = DeploymentFilter(name=DeploymentFilterName(any_=["ingest-every-15s"]))
+    deadline = time.monotonic() + 240
+    with _prefect(started) as client:
+        while True:
+            runs = client.read_flow_runs(deployment_filter=only_this)
+            if any(r.state and r.state.is_completed() for r in runs):
+                break
+            assert time.monotonic() < deadline, [(r.name, r.state_name) for r in runs]
+            time.sleep(2)
+        assert all(r.auto_scheduled for r in runs)
+        client.delete_deployment(runs[0].deployment_id)
+    assert "scheduled/mnist/v1/manifest.json" in _s3_keys(started, "scheduled/")
+
+
+def test_runs_compare_prints_the_differences_and_the_compare_view(started, capsys):
+    from mlflow import MlflowClient
+
+    env = stack.load_env_file(started.home)
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.create_experiment("stack-compare")
+    for lr, top1 in (("0.01", 0.9), ("0.001", 0.95)):
+        run = client.create_run(experiment, run_name=f"lr-{lr}")
+        client.log_param(run.info.run_id, "lr", lr)
+        client.log_param(run.info.run_id, "batch_size", "100")
+        client.log_metric(run.info.run_id, "val/top1", top1)
+        client.set_terminated(run.info.run_id)
+    capsys.readouterr()  # MLflow prints a link per finished run
+    assert _cli("runs", "compare", "--experiment", "stack-compare") == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0].split()
+    assert header == ["run", "id", "status", "commit", "lr", "val/top1"]
+    assert f"compare view: {env['MLFLOW_TRACKING_URI']}/#/compare-runs?runs=" in out
 
 
 def test_down_cleans_a_crashed_stack(started, capsys):
@@ -188,10 +313,10 @@ def test_down_cleans_a_crashed_stack(started, capsys):
     assert not report.healthy
     assert {h.name: h.alive for h in report.services} == {
         "s3": True, "mlflow": False, "prefect": True, "worker": False}
-    assert _cli("status") == 1
+    assert _cli("stack", "status") == 1
     capsys.readouterr()
 
-    assert _cli("down") == 0
+    assert _cli("stack", "down") == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()[:4]] == ["worker", "prefect", "mlflow", "s3"]
     assert "worker   not running" in out
