@@ -1,0 +1,93 @@
+"""One epoch of the MNIST ConvNet recipe: the seed's plain loop against visionflow's engine.
+
+Baseline: torchvision's FashionMNIST dataset (IDX files in memory) + DataLoader, one process,
+the seed's model and hyper-parameters (Adam 1e-3, batch 100), then a pass over the test set.
+visionflow: the same recipe through the DDP engine (torchrun, gloo, N CPU processes) streaming
+PNG shards, including the same test-set pass. Both run here, one after the other, in one run.
+
+    .venv/bin/python bench/mnist_train.py [--source /usr/share/datasets/fashion-mnist] [--nproc 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+import models
+from tasks import mnist, shards
+from tasks.config import TrainConfig
+from tasks.engine import Job
+from tasks.recipes import MNIST_MEAN, MNIST_STD
+from tasks.training import launch
+
+
+def plain_loop(source: Path, scratch: Path, epochs: int) -> tuple[float, float]:
+    """The seed's loop; returns (seconds, test accuracy)."""
+    from torchvision import datasets, transforms
+
+    raw = scratch / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in source.iterdir():  # torchvision wants the unpacked files under <root>/FashionMNIST/raw
+        target = raw / f.name.removesuffix(".gz")
+        with (gzip.open(f) if f.suffix == ".gz" else open(f, "rb")) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))])
+    train = datasets.FashionMNIST(str(scratch), train=True, transform=tf)
+    test = datasets.FashionMNIST(str(scratch), train=False, transform=tf)
+    torch.manual_seed(0)
+    model = models.build("mnist_convnet")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for images, labels in DataLoader(train, batch_size=100, shuffle=True, num_workers=1):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            optimizer.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for images, labels in DataLoader(test, batch_size=100, num_workers=1):
+                correct += (model(images).argmax(1) == labels).sum().item()
+    return time.perf_counter() - start, correct / len(test)
+
+
+def visionflow_engine(source: Path, scratch: Path, epochs: int, nproc: int) -> tuple[float, dict]:
+    url = shards.dataset_url(str(scratch / "datasets"), "fashion-mnist", "v1")
+    mnist.ingest(source, url, "fashion-mnist", "v1", shard_size=10_000)  # not timed: done once
+    job = Job(TrainConfig(data=url, epochs=epochs, nproc=nproc, run_name="bench"),
+              str(scratch / "ckpt"), num_classes=10)
+    start = time.perf_counter()
+    metrics = launch(job, log=lambda line: print("   ", line))
+    return time.perf_counter() - start, metrics
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--nproc", type=int, default=2, help="visionflow training processes")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="vf-bench-") as tmp:
+        scratch = Path(tmp)
+        print(f"plain loop: torchvision FashionMNIST + DataLoader, 1 process, {torch.get_num_threads()} threads")
+        base_s, base_acc = plain_loop(args.source, scratch / "plain", args.epochs)
+        print(f"    {base_s:.1f} s, test accuracy {base_acc:.4f}")
+        print(f"visionflow: engine under torchrun, {args.nproc} gloo processes, PNG shards")
+        vf_s, metrics = visionflow_engine(args.source, scratch / "vf", args.epochs, args.nproc)
+        print(f"    {vf_s:.1f} s wall (train epoch {metrics['perf/epoch_s']:.1f} s), "
+              f"test accuracy {metrics['val/top1']:.4f}")
+    print(f"\nvisionflow / plain loop wall-clock ratio: {vf_s / base_s:.3f}  (target: at most 1.10)")
+
+
+if __name__ == "__main__":
+    main()
