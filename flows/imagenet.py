@@ -1,0 +1,134 @@
+"""Flow ``imagenet-ingest``: an ILSVRC-2012 tree → resized JPEG WebDataset shards (local or S3).
+
+    visionflow ingest imagenet --source /data/ILSVRC2012 --out s3://bucket/datasets
+    visionflow ingest imagenet --source DIR --variants 160 352 --task-runner threads --workers 8
+
+The shard plan is fanned out to one Prefect task per shard on the configured task runner (local
+processes by default, so decoding uses every core); a re-run keeps every committed shard.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable
+
+from prefect import flow
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
+
+from tasks import imagenet, storage, tracking
+from tasks.config import ImagenetIngestConfig, resolve_home
+
+ARTIFACT_EVERY_S = 2.0
+_listeners: ContextVar[tuple[Callable[[int, int], None], ...]] = ContextVar("imagenet_progress", default=())
+
+
+@flow(name="imagenet-ingest")
+def imagenet_ingest(cfg: ImagenetIngestConfig) -> dict:
+    home = resolve_home(os.environ)
+    root = cfg.out or str(home / "datasets")
+    storage.check_reachable(root)
+    source = imagenet.scan_task(cfg.source)
+    targets = imagenet.targets(root, cfg)
+    imagenet.check_targets(source, targets)
+    specs = imagenet.plan_chunks(source, cfg.shard_size)
+    start = time.perf_counter()
+    results = write_shards(cfg, source, targets, specs)
+    seconds = time.perf_counter() - start
+    manifests = imagenet.commit_manifests_task(source, targets, specs, results, cfg.dataset)
+    summary = imagenet.summarize(manifests, [t.url for t in targets], results, seconds)
+    create_table_artifact(summary.table(), key="imagenet-ingest-summary",
+                          description=f"Ingest of {cfg.source} into {', '.join(summary.urls)}")
+    run_id = imagenet.log_summary_task(summary, cfg, manifests[0], tracking.tracking_uri(home, os.environ), home)
+    return {"urls": summary.urls, "images": summary.images, "rejects": summary.rejects,
+            "table": summary.table(), "images_per_s": summary.images_per_s, "mlflow_run_id": run_id}
+
+
+def write_shards(cfg: ImagenetIngestConfig, source: imagenet.Source, targets: list[imagenet.Target],
+                 specs: list) -> list[imagenet.ChunkResult]:
+    """One task per shard on the configured runner; progress as each one finishes."""
+    total = sum(len(spec.inputs) for spec in specs)
+    artifact = create_progress_artifact(0.0, key="imagenet-ingest-progress",
+                                        description=f"{total} images in {len(specs)} shards")
+    done, last = 0, time.monotonic()
+    results: dict[str, imagenet.ChunkResult] = {}
+    with _shared_api(), task_runner(cfg) as runner:
+        futures = {runner.submit(imagenet.write_chunk_task, {
+            "images": source.images, "wnids": source.wnids, "chunk_targets": targets, "spec": spec}): spec
+            for spec in specs}
+        for future in as_completed(list(futures)):
+            spec = futures[future]
+            results[spec.name] = future.result()
+            done += len(spec.inputs)
+            for listener in _listeners.get():
+                listener(done, total)
+            if time.monotonic() - last >= ARTIFACT_EVERY_S or done == total:
+                update_progress_artifact(artifact, 100.0 * done / max(total, 1))
+                last = time.monotonic()
+    return [results[spec.name] for spec in specs]
+
+
+def task_runner(cfg: ImagenetIngestConfig):
+    workers = cfg.workers or os.cpu_count() or 1
+    if cfg.task_runner == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if cfg.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    module, name = {"dask": ("prefect_dask", "DaskTaskRunner"), "ray": ("prefect_ray", "RayTaskRunner")}[cfg.task_runner]
+    try:
+        runner = getattr(importlib.import_module(module), name)
+    except ImportError:
+        package = module.replace("_", "-")
+        raise imagenet.ImagenetError(f"task_runner={cfg.task_runner} needs the {package} package "
+                                     f"(pip install {package})") from None
+    return runner(address=cfg.cluster_address)
+
+
+@contextmanager
+def _shared_api():
+    """Point worker processes at this flow's API. In Prefect's ephemeral mode no API URL is set,
+    and each spawned worker would start (and wait ~15 s for) a temporary server of its own."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    context = FlowRunContext.get()
+    if PREFECT_API_URL.value() or context is None:
+        yield
+        return
+    with temporary_settings({PREFECT_API_URL: str(context.client.api_url)}):
+        yield
+
+
+@contextmanager
+def progress(listener: Callable[[int, int], None]):
+    """Call ``listener(images done, images total)`` as shards finish in flows run inside."""
+    token = _listeners.set(_listeners.get() + (listener,))
+    try:
+        yield
+    finally:
+        _listeners.reset(token)
+
+
+@contextmanager
+def progress_bar():
+    """A terminal progress bar for the CLI, fed by the flow's progress."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=False) as bar:
+        job = bar.add_task("ingest", total=None)
+        with progress(lambda done, total: bar.update(job, completed=done, total=total)):
+            yield
+
+
+def summary_lines(result: dict) -> list[str]:
+    width = max(len(row["what"]) for row in result["table"])
+    lines = [f"  dataset     {url}" for url in result["urls"]]
+    lines += [f"  {row['what']:<{width}}  {row['value']:>12}" for row in result["table"]]
+    lines.append(f"  MLflow run  {result['mlflow_run_id']}")
+    return lines

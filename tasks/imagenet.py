@@ -1,0 +1,539 @@
+"""ILSVRC-2012 (or any ImageFolder-shaped tree) → resized JPEG WebDataset shards.
+
+Layouts read (``root`` may also be Kaggle's download, with images under ``ILSVRC/Data/CLS-LOC``):
+
+    root/train/<wnid>/*.JPEG                          class index = position in sorted wnids
+    root/val/<wnid>/*.JPEG                            val as an ImageFolder, or
+    root/val/ILSVRC2012_val_*.JPEG                    flat val labelled by
+        root/LOC_val_solution.csv                     Kaggle's ground truth, or
+        root/ILSVRC2012_devkit_t12/data/              the devkit's (meta.mat + ground truth)
+    root/LOC_synset_mapping.txt                       human-readable class names (optional)
+
+Every image becomes ``<key>.jpg`` (shorter side resized to ``size`` with an antialiased filter,
+then center-cropped to ``size``², as torchvision's ``Resize(size)`` + ``CenterCrop(size)``),
+``<key>.cls`` and ``<key>.json`` (wnid, original size and mode, source path). Optional variants
+resize the shorter side only (fast.ai's pre-resized sets for progressive resizing), each written
+as its own dataset version. An input that cannot be read goes to ``rejects.jsonl`` with one of
+``empty``, ``not-an-image``, ``truncated``, ``corrupt``, ``decompression-bomb``, ``unlabeled``,
+``unreadable``.
+
+The flow (``flows/imagenet.py``) fans the shard plan out to Prefect tasks; ``ingest`` below runs
+the same steps in one process (tests, scripts).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from PIL import Image, UnidentifiedImageError
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import shards, tracking
+from tasks.config import ImagenetIngestConfig
+
+SPLITS = ("train", "val")
+KAGGLE_IMAGES = Path("ILSVRC", "Data", "CLS-LOC")
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+VAL_SOLUTION = "LOC_val_solution.csv"
+DEVKIT = Path("ILSVRC2012_devkit_t12", "data")
+DEVKIT_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
+DRAFT_GAP = 2  # decode JPEGs in the DCT domain only down to twice the target: keeps ≥ 40 dB
+UNLABELED = -1
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS}
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+class ImagenetError(ValueError):
+    """The source tree is not a layout this ingest understands; the message says what is missing."""
+
+
+class Rejected(Exception):
+    """One input cannot become a sample; ``reason`` is a stable code for the rejects file."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail = reason, detail
+
+
+# --- the source tree ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a scan found: class wnids (sorted), optional names, and per split the sorted inputs
+    as ``(path relative to images, class index or -1, sample key)``."""
+
+    root: str
+    images: str
+    wnids: list[str]
+    names: list[str] | None
+    splits: dict[str, list[tuple[str, int, str]]]
+    fingerprint: str
+
+
+def _files(folder: Path) -> list[Path]:
+    """Regular, non-hidden files below ``folder``, sorted (hidden files are OS metadata)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
+    return sorted(found)
+
+
+def _subdirs(folder: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def read_synset_names(root: Path) -> dict[str, str]:
+    """``n01440764 tench, Tinca tinca`` lines → {wnid: name}; empty without the file."""
+    path = root / SYNSET_MAPPING
+    if not path.is_file():
+        return {}
+    names = {}
+    for line in path.read_text().splitlines():
+        wnid, _, name = line.strip().partition(" ")
+        if wnid:
+            names[wnid] = name.strip()
+    return names
+
+
+def read_val_truth(root: Path) -> dict[str, str]:
+    """Flat val ground truth as {image stem: wnid}: Kaggle's CSV, else the devkit's files."""
+    csv_path = root / VAL_SOLUTION
+    if csv_path.is_file():
+        with open(csv_path, newline="") as f:
+            rows = csv.DictReader(f)
+            if not rows.fieldnames or "ImageId" not in rows.fieldnames:
+                raise ImagenetError(f"{csv_path}: expected the header ImageId,PredictionString")
+            return {row["ImageId"]: row["PredictionString"].split()[0] for row in rows
+                    if row.get("PredictionString")}
+    devkit = root / DEVKIT
+    if (devkit / DEVKIT_TRUTH).is_file():
+        return _devkit_truth(devkit)
+    return {}
+
+
+def _devkit_truth(devkit: Path) -> dict[str, str]:
+    from scipy.io import loadmat  # MATLAB v5 parsing: no pickle involved
+
+    try:
+        synsets = loadmat(devkit / "meta.mat", squeeze_me=True)["synsets"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ImagenetError(f"{devkit / 'meta.mat'}: cannot read the devkit's synsets ({exc})") from None
+    # The 1,000 classes are the leaves; their ILSVRC2012_ID is not the sorted-wnid index.
+    by_id = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets if int(s["num_children"]) == 0}
+    truth = {}
+    for number, line in enumerate((devkit / DEVKIT_TRUTH).read_text().split(), start=1):
+        if int(line) not in by_id:
+            raise ImagenetError(f"{devkit / DEVKIT_TRUTH}: line {number} names ILSVRC2012_ID "
+                                f"{line}, which meta.mat does not list as a class")
+        truth[f"ILSVRC2012_val_{number:08d}"] = by_id[int(line)]
+    return truth
+
+
+def _keys(rels: list[str]) -> list[str]:
+    """Safe, unique WebDataset keys from split-relative paths (``n01440764/n01440764_10026``)."""
+    keys, seen = [], set()
+    for i, rel in enumerate(rels):
+        parts = [_UNSAFE.sub("_", p) for p in rel.rsplit(".", 1)[0].split("/")]
+        key = "/".join(p if p[:1].isalnum() else "x" + p for p in parts)
+        if key in seen:
+            key = f"{key}-{i}"
+        seen.add(key)
+        keys.append(key)
+    return keys
+
+
+def scan(root: str | Path) -> Source:
+    """Find the splits, classes and labels under ``root``; raise ``ImagenetError`` when the tree
+    is not a layout this ingest understands."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ImagenetError(f"{root}: no such directory (expected an ILSVRC-2012 root holding train/ and val/)")
+    images = root if any((root / s).is_dir() for s in SPLITS) else root / KAGGLE_IMAGES
+    present = [s for s in SPLITS if (images / s).is_dir()]
+    if not present:
+        raise ImagenetError(f"{root}: holds neither train/ nor val/ (nor Kaggle's {KAGGLE_IMAGES}/…)")
+    names = read_synset_names(root)
+    wnids = (_subdirs(images / "train") if "train" in present else None) \
+        or (_subdirs(images / "val") if "val" in present else None) or sorted(names)
+    if not wnids:
+        raise ImagenetError(f"{root}: found no class folders (train/<wnid>/) and no {SYNSET_MAPPING}")
+    index = {w: i for i, w in enumerate(wnids)}
+    digest = hashlib.sha256()
+    splits: dict[str, list[tuple[str, int, str]]] = {}
+    truth: dict[str, str] | None = None
+    for split in present:
+        items = []
+        for path in _files(images / split):
+            rel = path.relative_to(images / split).as_posix()
+            folder, _, name = rel.rpartition("/")
+            if folder:
+                label = folder.split("/")[0]
+            else:
+                truth = _flat_truth(root, split) if truth is None else truth
+                label = truth.get(name.rsplit(".", 1)[0], "")
+            items.append((f"{split}/{rel}", index.get(label, UNLABELED)))
+            digest.update(f"{split}/{rel}\0{path.stat().st_size}\n".encode())
+        splits[split] = [(rel, cls, key) for (rel, cls), key
+                         in zip(items, _keys([r.split("/", 1)[1] for r, _ in items]))]
+    for label_file in (root / SYNSET_MAPPING, root / VAL_SOLUTION, root / DEVKIT / DEVKIT_TRUTH):
+        if label_file.is_file():
+            digest.update(label_file.read_bytes())
+    return Source(str(root), str(images), wnids, [names.get(w, w) for w in wnids] if names else None,
+                  splits, digest.hexdigest())
+
+
+def _flat_truth(root: Path, split: str) -> dict[str, str]:
+    truth = read_val_truth(root)
+    if not truth:
+        raise ImagenetError(f"{root}/{split}/ holds images directly but there is no ground truth "
+                            f"for them: add {VAL_SOLUTION} (Kaggle) or {DEVKIT / DEVKIT_TRUTH} with "
+                            "meta.mat (the ILSVRC2012 devkit) to the root, or sort them into "
+                            f"{split}/<wnid>/ folders")
+    return truth
+
+
+# --- one image ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Shorter side → ``size`` (antialiased), then a center ``size``² crop when ``crop``."""
+
+    size: int
+    crop: bool = True
+    quality: int = 90
+    resample: str = "bilinear"
+    draft: bool = True
+    max_pixels: int = 89_478_485
+
+    def params(self, shard_size: int) -> dict:
+        return {"transform": "resize-shorter+center-crop" if self.crop else "resize-shorter",
+                "size": self.size, "quality": self.quality, "resample": self.resample,
+                "draft": self.draft, "max_pixels": self.max_pixels, "shard_size": shard_size,
+                "encoding": "jpeg"}
+
+
+def output_geometry(width: int, height: int, t: Transform) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+    """(output size, source box) reproducing torchvision's ``Resize(size)`` then ``CenterCrop(size)``
+    as a single resize of just the cropped region (Pillow samples outside the box as needed)."""
+    if width <= height:
+        new_w, new_h = t.size, int(t.size * height / width)
+    else:
+        new_w, new_h = int(t.size * width / height), t.size
+    if not t.crop:
+        return (new_w, new_h), (0.0, 0.0, float(width), float(height))
+    left, top = int(round((new_w - t.size) / 2.0)), int(round((new_h - t.size) / 2.0))
+    sx, sy = width / new_w, height / new_h
+    return (t.size, t.size), (left * sx, top * sy, (left + t.size) * sx, (top + t.size) * sy)
+
+
+def draft_scale(width: int, height: int, t: Transform) -> int:
+    """The JPEG DCT scaling (1, 2, 4 or 8) that still leaves DRAFT_GAP× the target resolution."""
+    if not t.draft:
+        return 1
+    return next(s for s in (8, 4, 2, 1) if min(width, height) // s >= DRAFT_GAP * t.size or s == 1)
+
+
+def open_image(data: bytes, max_pixels: int):
+    """Identify the image (header only) and refuse what must not be decoded."""
+    if not data:
+        raise Rejected("empty", "0 bytes")
+    try:
+        im = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise Rejected("not-an-image", f"{len(data)} bytes starting {data[:8]!r}") from None
+    except Image.DecompressionBombError as exc:
+        raise Rejected("decompression-bomb", str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
+    if im.width * im.height > max_pixels:
+        raise Rejected("decompression-bomb", f"{im.width}×{im.height} = {im.width * im.height} pixels "
+                       f"is over the limit of {max_pixels}")
+    return im
+
+
+def _decode_reason(exc: BaseException) -> str:
+    return "truncated" if "truncat" in str(exc).lower() else "corrupt"
+
+
+def to_rgb(im):
+    """RGB (or L, kept single-channel until after resizing). Transparency is composited onto
+    white: the colour under a fully transparent pixel is arbitrary, often black."""
+    if im.mode in ("RGB", "L"):
+        return im
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        canvas.alpha_composite(rgba)
+        return canvas.convert("RGB")
+    if im.mode.startswith("I;16") or im.mode == "I":
+        return im.point(lambda v: v / 256).convert("L")  # 16-bit → 8-bit, not clipped to white
+    return im.convert("RGB")  # CMYK (Adobe-inverted ones too), YCbCr, P, 1, …
+
+
+def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]:
+    """One input → one JPEG per transform, plus what the sample's json records about it."""
+    limit = min(t.max_pixels for t in transforms)
+    im = open_image(data, limit)
+    info = {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
+    outputs: list[bytes] = []
+    decoded: dict[int, Image.Image] = {}
+    try:
+        for t in transforms:
+            scale = draft_scale(im.width, im.height, t) if im.format == "JPEG" else 1
+            if scale not in decoded:
+                src = open_image(data, limit) if decoded else im
+                if scale > 1:
+                    src.draft(src.mode, (src.width // scale, src.height // scale))
+                decoded[scale] = to_rgb(src)
+            size, box = output_geometry(info["width"], info["height"], t)
+            out = decoded[scale].resize(size, RESAMPLE[t.resample], box=tuple(b / scale for b in box))
+            outputs.append(encode_jpeg(out if out.mode == "RGB" else out.convert("RGB"), t.quality))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
+    return outputs, info
+
+
+def encode_jpeg(im, quality: int) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+
+
+# --- one chunk: a shard per target --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One dataset version written by the ingest: where it goes and how its images are made."""
+
+    url: str
+    version: str
+    transform: Transform
+    params: dict
+
+
+def targets(root: str, cfg: ImagenetIngestConfig) -> list[Target]:
+    """The main version (resize + center crop) and one version per shorter-side variant."""
+    common = dict(quality=cfg.quality, resample=cfg.resample, draft=cfg.draft, max_pixels=cfg.max_pixels)
+    made = [(cfg.version, Transform(cfg.size, True, **common))]
+    made += [(f"{cfg.version}-short{n}", Transform(n, False, **common)) for n in cfg.variants]
+    return [Target(shards.dataset_url(root, cfg.dataset, version), version, t, t.params(cfg.shard_size))
+            for version, t in made]
+
+
+def build_samples(images: Path, spec: shards.ShardSpec, wnids: list[str],
+                  transforms: list[Transform]) -> tuple[list[list[dict]], list[dict]]:
+    """Samples of one chunk for each transform (each input decoded once), and its rejects."""
+    per_target: list[list[dict]] = [[] for _ in transforms]
+    rejects: list[dict] = []
+    for rel, cls, key in spec.inputs:
+        try:
+            if cls == UNLABELED:
+                raise Rejected("unlabeled", "no class folder or ground-truth entry names a known class")
+            try:
+                data = (images / rel).read_bytes()
+            except OSError as exc:
+                raise Rejected("unreadable", exc.strerror or str(exc)) from None
+            jpegs, info = render(data, transforms)
+        except Rejected as r:
+            rejects.append({"split": spec.split, "path": rel, "reason": r.reason, "detail": r.detail})
+            continue
+        meta = {"wnid": wnids[cls], "source": rel, **info}
+        for samples, jpeg in zip(per_target, jpegs):
+            samples.append({"__key__": key, "jpg": jpeg, "cls": cls, "json": meta})
+    return per_target, rejects
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk task did: per target its shard record, and whether it (re)wrote it."""
+
+    split: str
+    inputs: int
+    records: list[shards.ShardRecord]
+    written: list[bool]
+    seconds: float
+
+
+def write_chunk(images: str, wnids: list[str], chunk_targets: list[Target], spec: shards.ShardSpec,
+                scratch: Path | None = None) -> ChunkResult:
+    """Commit this chunk's shard in every target, decoding the inputs once for all targets
+    still missing it; committed shards are kept as they are."""
+    start = time.perf_counter()
+    cache: dict[int, tuple[list[dict], list[dict]]] = {}
+
+    def builder(i: int):
+        def build(spec_: shards.ShardSpec):
+            if i not in cache:  # the first target that needs writing: build it and all after it
+                todo = [t.transform for t in chunk_targets[i:]]
+                per_target, rejects = build_samples(Path(images), spec_, wnids, todo)
+                cache.update({i + j: (samples, rejects) for j, samples in enumerate(per_target)})
+            return cache.pop(i)
+        return build
+
+    records, written = [], []
+    for i, target in enumerate(chunk_targets):
+        record, wrote = shards.commit_shard(target.url, spec, target.params, builder(i), scratch)
+        records.append(record)
+        written.append(wrote)
+    return ChunkResult(spec.split, len(spec.inputs), records, written, time.perf_counter() - start)
+
+
+# --- the whole dataset ---------------------------------------------------------------------------
+
+
+def plan_chunks(source: Source, shard_size: int) -> list[shards.ShardSpec]:
+    return [spec for split, items in source.splits.items() for spec in shards.plan(split, items, shard_size)]
+
+
+def check_targets(source: Source, all_targets: list[Target]) -> list[dict | None]:
+    """Each target's committed manifest when it holds exactly this ingest, else None; a
+    version built from other inputs or parameters is an error (versions are immutable)."""
+    return [shards.check_compatible(t.url, _manifest_params(source, t), source.fingerprint)
+            for t in all_targets]
+
+
+def _manifest_params(source: Source, target: Target) -> dict:
+    params = dict(target.params)
+    if source.names:
+        params["class_names"] = source.names
+    return params
+
+
+def commit_manifests(source: Source, all_targets: list[Target], specs: list[shards.ShardSpec],
+                     results: list[ChunkResult], dataset: str) -> list[dict]:
+    """rejects.jsonl then manifest.json (the commit point) of every target."""
+    return [shards.write_manifest(t.url, dataset=dataset, version=t.version, specs=specs,
+                                  records=[r.records[i] for r in results], classes=source.wnids,
+                                  params=_manifest_params(source, t), source_fingerprint=source.fingerprint)
+            for i, t in enumerate(all_targets)]
+
+
+@dataclass
+class Summary:
+    """The numbers a user wants after an ingest (printed, a Prefect table, an MLflow run)."""
+
+    urls: list[str]
+    images: dict[str, int]
+    rejects: dict[str, int]
+    shards: int
+    bytes: int
+    shards_written: int
+    inputs_processed: int
+    seconds: float
+    rejected_paths: list[dict] = field(default_factory=list)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.inputs_processed / self.seconds if self.seconds > 0 else 0.0
+
+    def table(self) -> list[dict]:
+        rows = [{"what": f"images ({split})", "value": n} for split, n in self.images.items()]
+        rows += [{"what": f"rejects ({reason})", "value": n} for reason, n in sorted(self.rejects.items())]
+        rows += [{"what": "shards (written / total)", "value": f"{self.shards_written} / {self.shards}"},
+                 {"what": "bytes", "value": self.bytes},
+                 {"what": "images/s", "value": round(self.images_per_s, 1)}]
+        return rows
+
+    def markdown(self) -> str:
+        return "| | |\n|---|---:|\n" + "".join(f"| {r['what']} | {r['value']} |\n" for r in self.table())
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"ingest/images/{split}": float(n) for split, n in self.images.items()}
+        out.update({f"ingest/rejects/{reason}": float(n) for reason, n in self.rejects.items()})
+        out.update({"ingest/rejects": float(sum(self.rejects.values())), "ingest/shards": float(self.shards),
+                    "ingest/bytes": float(self.bytes), "perf/images_per_s": self.images_per_s})
+        return out
+
+
+def summarize(manifests: list[dict], urls: list[str], results: list[ChunkResult], seconds: float) -> Summary:
+    main = manifests[0]
+    rejects = [r for result in results for r in result.records[0].rejects]
+    written = [r for result in results for r, w in zip(result.records, result.written) if w]
+    processed = sum(result.inputs for result in results if any(result.written))
+    return Summary(urls=urls, images={s: v["samples"] for s, v in main["splits"].items()},
+                   rejects=dict(Counter(r["reason"] for r in rejects)),
+                   shards=sum(len(m["splits"][s]["shards"]) for m in manifests for s in m["splits"]),
+                   bytes=sum(sh["bytes"] for m in manifests for s in m["splits"].values() for sh in s["shards"]),
+                   shards_written=len(written), inputs_processed=processed, seconds=seconds,
+                   rejected_paths=rejects)
+
+
+def ingest(source_root: str | Path, root: str, cfg: ImagenetIngestConfig,
+           map_chunks: Callable[[Callable, Iterable], Iterable] = map) -> Summary:
+    """The whole ingest in one process (or over ``map_chunks``, e.g. a pool's ``imap``)."""
+    source = scan(source_root)
+    all_targets = targets(root, cfg)
+    check_targets(source, all_targets)
+    specs = plan_chunks(source, cfg.shard_size)
+    start = time.perf_counter()
+    results = list(map_chunks(lambda spec: write_chunk(source.images, source.wnids, all_targets, spec), specs))
+    seconds = time.perf_counter() - start
+    manifests = commit_manifests(source, all_targets, specs, results, cfg.dataset)
+    return summarize(manifests, [t.url for t in all_targets], results, seconds)
+
+
+def log_summary(summary: Summary, cfg: ImagenetIngestConfig, manifest: dict, uri: str, home: Path) -> str:
+    """One MLflow run per ingest: the config as params, the summary as metrics and artifacts."""
+    from mlflow.entities import Metric
+
+    tags = {"dataset.url": summary.urls[0], "dataset.manifest_sha256": shards.manifest_checksum(manifest),
+            "visionflow.stage": "ingest"}
+    run_id = tracking.start_run(uri, cfg.experiment, home, f"{cfg.dataset}-{cfg.version}",
+                                tracking.flatten(cfg), tags)
+    client = tracking.client(uri)
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.metrics().items()])
+    client.log_text(run_id, summary.markdown(), "ingest_summary.md")
+    client.log_dict(run_id, {"table": summary.table(), "urls": summary.urls,
+                             "rejects": summary.rejected_paths}, "ingest_summary.json")
+    client.set_terminated(run_id)
+    return run_id
+
+
+# --- Prefect tasks -------------------------------------------------------------------------------
+
+
+@task(name="scan-imagenet", retries=1, cache_policy=NO_CACHE)
+def scan_task(source_root: str) -> Source:
+    source = scan(source_root)
+    get_run_logger().info("%s: %d classes; %s", source_root, len(source.wnids),
+                          ", ".join(f"{s} {len(v)} files" for s, v in source.splits.items()))
+    return source
+
+
+# Idempotency comes from the shard commit records, not from Prefect's result cache.
+@task(name="write-imagenet-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def write_chunk_task(images: str, wnids: list[str], chunk_targets: list[Target],
+                     spec: shards.ShardSpec) -> ChunkResult:
+    result = write_chunk(images, wnids, chunk_targets, spec)
+    get_run_logger().info("%s: %s %d inputs in %.1f s", spec.name,
+                          "wrote" if any(result.written) else "kept committed", result.inputs, result.seconds)
+    return result
+
+
+@task(name="commit-imagenet-manifests", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def commit_manifests_task(source: Source, all_targets: list[Target], specs: list[shards.ShardSpec],
+                          results: list[ChunkResult], dataset: str) -> list[dict]:
+    return commit_manifests(source, all_targets, specs, results, dataset)
+
+
+@task(name="log-imagenet-ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def log_summary_task(summary: Summary, cfg: ImagenetIngestConfig, manifest: dict, uri: str, home: Path) -> str:
+    return log_summary(summary, cfg, manifest, uri, home)
