@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 from pathlib import Path
@@ -50,33 +49,17 @@ def _prepare_environment() -> Path:
     return home
 
 
-_final_words: list[str] = []
-
-
-def _say_final_words() -> None:
-    # Registered before Prefect starts its embedded server, so it runs after that server's own
-    # exit handler: the error stays the last line on the terminal.
-    for line in _final_words:
-        print(line, file=sys.stderr)
-
-
 def _run(flow, cfg):
     """Run a flow; expected failures become one line on stderr and exit code 1."""
-    import logging
+    from tasks.errors import explain
 
-    from tasks.errors import QuietExpectedFailures, explain
-
-    quiet = QuietExpectedFailures()
-    for logger in (logging.getLogger(), logging.getLogger("prefect")):
-        for handler in logger.handlers:
-            handler.addFilter(quiet)
     try:
         return flow(cfg)
     except Exception as exc:  # noqa: BLE001 — every failure ends as one readable line
         message = explain(exc)
         if message is None:
             raise
-        _final_words.append(f"visionflow: error: {message.splitlines()[0]}")
+        print(f"visionflow: error: {message}", file=sys.stderr)
         sys.exit(1)
 
 
@@ -144,7 +127,6 @@ def _print_summary(data: dict, trained: dict, scores: dict) -> None:
 
 def main() -> None:
     _prepare_environment()  # before Prefect is imported: it reads its settings once
-    atexit.register(_say_final_words)
     app()
 
 
