@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -49,17 +50,33 @@ def _prepare_environment() -> Path:
     return home
 
 
+_final_words: list[str] = []
+
+
+def _say_final_words() -> None:
+    # Registered before Prefect starts its embedded server, so it runs after that server's own
+    # exit handler: the error stays the last line on the terminal.
+    for line in _final_words:
+        print(line, file=sys.stderr)
+
+
 def _run(flow, cfg):
     """Run a flow; expected failures become one line on stderr and exit code 1."""
-    from tasks.errors import explain
+    import logging
 
+    from tasks.errors import QuietExpectedFailures, explain
+
+    quiet = QuietExpectedFailures()
+    for logger in (logging.getLogger(), logging.getLogger("prefect")):
+        for handler in logger.handlers:
+            handler.addFilter(quiet)
     try:
         return flow(cfg)
     except Exception as exc:  # noqa: BLE001 — every failure ends as one readable line
         message = explain(exc)
         if message is None:
             raise
-        print(f"visionflow: error: {message}", file=sys.stderr)
+        _final_words.append(f"visionflow: error: {message.splitlines()[0]}")
         sys.exit(1)
 
 
@@ -127,6 +144,7 @@ def _print_summary(data: dict, trained: dict, scores: dict) -> None:
 
 def main() -> None:
     _prepare_environment()  # before Prefect is imported: it reads its settings once
+    atexit.register(_say_final_words)
     app()
 
 

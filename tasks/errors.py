@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 
 def explain(exc: BaseException) -> str | None:
     """A one-line message for an expected failure (bad input, unreachable storage); None for a
@@ -21,3 +23,32 @@ def explain(exc: BaseException) -> str | None:
     if isinstance(exc, (IdxError, ImagenetError, ShardError, StorageError, TrainingError, FileNotFoundError)):
         return str(exc)
     return None
+
+
+def is_bad_input(exc: BaseException | None) -> bool:
+    """Bad input fails the same way every time: retrying it only delays the message."""
+    from pydantic import ValidationError
+
+    from tasks.imagenet import ImagenetError
+    from tasks.mnist import IdxError
+    from tasks.shards import ShardError
+
+    return isinstance(exc, (IdxError, ImagenetError, ShardError, ValidationError, FileNotFoundError))
+
+
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient failures (storage, a killed worker)."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 — the state's own exception
+        return not is_bad_input(exc)
+    return True
+
+
+class QuietExpectedFailures(logging.Filter):
+    """Drop the traceback from log records about an expected failure; the message stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and explain(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
