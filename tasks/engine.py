@@ -155,6 +155,10 @@ def train_one_epoch(model, loader, optimizer, job: Job, d: Dist) -> dict:
     recipe, accum = job.recipe, job.config.grad_accum
     total_loss = torch.zeros((), device=d.device)
     seen, steps, start = 0, 0, time.perf_counter()
+    total_steps = len(loader.dataset) // (loader.batch_size * accum)
+    if job.config.max_steps_per_epoch:
+        total_steps = min(total_steps, job.config.max_steps_per_epoch)
+    progress_every = max(1, total_steps // 10)
     optimizer.zero_grad(set_to_none=True)
     for i, (images, targets) in enumerate(loader):
         inputs, targets = recipe.prepare(to_device(images, d)), targets.to(d.device)
@@ -170,6 +174,9 @@ def train_one_epoch(model, loader, optimizer, job: Job, d: Dist) -> dict:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             steps += 1
+            if d.is_main and steps % progress_every == 0:
+                print(json.dumps({"event": "progress", "step": steps, "steps": total_steps,
+                                  "loss": loss.item()}), flush=True)
             if job.config.max_steps_per_epoch and steps >= job.config.max_steps_per_epoch:
                 break
     stats = torch.tensor([total_loss.item(), seen], dtype=torch.float64)

@@ -36,7 +36,9 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
     checkpoint_dir = cfg.checkpoint_dir or str(Path(home) / "runs" / cfg.run_name)
     record_url = storage.join(checkpoint_dir, RUN_RECORD)
     if storage.exists(record_url):
-        run_id = json.loads(storage.read_bytes(record_url))["mlflow_run_id"]
+        record = json.loads(storage.read_bytes(record_url))
+        _check_same_run(cfg, TrainConfig(**record["config"]), checkpoint_dir)
+        run_id = record["mlflow_run_id"]
     else:
         params = tracking.flatten(cfg)
         params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
@@ -44,8 +46,22 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
         tags = {"dataset.url": cfg.data, "dataset.manifest_sha256": shards.manifest_checksum(manifest),
                 "visionflow.checkpoint_dir": checkpoint_dir, "visionflow.recipe": cfg.recipe}
         run_id = tracking.start_run(uri, cfg.experiment, home, cfg.run_name, params, tags)
-        storage.write_bytes(record_url, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri}).encode())
+        storage.write_bytes(record_url, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri,
+                                                    "config": cfg.model_dump()}).encode())
     return Job(cfg, checkpoint_dir, len(manifest["classes"]), uri, run_id)
+
+
+# What may change when a run is resumed: its length and where and how wide it runs.
+RESUMABLE_CHANGES = {"epochs", "nproc", "nnodes", "rdzv_endpoint", "device", "num_workers",
+                     "max_steps_per_epoch", "checkpoint_dir"}
+
+
+def _check_same_run(new: TrainConfig, old: TrainConfig, checkpoint_dir: str) -> None:
+    changed = {k for k, v in new.model_dump().items() if v != getattr(old, k)} - RESUMABLE_CHANGES
+    if changed:
+        detail = ", ".join(f"{k} {getattr(old, k)!r} → {getattr(new, k)!r}" for k in sorted(changed))
+        raise TrainingError(f"{checkpoint_dir} holds run {old.run_name!r} started with other parameters "
+                            f"({detail}); resume it unchanged or choose another --run-name")
 
 
 def torchrun_command(job: Job, job_file: Path) -> list[str]:
@@ -75,6 +91,9 @@ def launch(job: Job, log=print) -> dict:
             output = (output + [line])[-400:]
             if line.startswith('{"event": "epoch"'):
                 log(_epoch_line(json.loads(line), job.epochs))
+            elif line.startswith('{"event": "progress"'):
+                event = json.loads(line)
+                log(f"  step {event['step']}/{event['steps']}  loss {event['loss']:.4f}")
         if proc.wait() != 0:
             raise TrainingError(f"training exited with code {proc.returncode}; {_rank_failure(output)}")
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))

@@ -6,7 +6,7 @@ import torch
 from tasks import mnist, shards, storage
 from tasks.config import TrainConfig
 from tasks.engine import CHECKPOINT, Job, load_checkpoint
-from tasks.training import TrainingError, launch
+from tasks.training import TrainingError, launch, prepare
 
 
 @pytest.fixture(scope="module")
@@ -21,29 +21,34 @@ def _job(dataset, ckpt, epochs, **overrides):
     return Job(cfg, str(ckpt), num_classes=10)
 
 
+def _epochs(log):
+    return [line for line in log if line.startswith("epoch")]
+
+
 def _adam_steps(state):
     return {int(s["step"]) for s in state["optimizer"]["state"].values()}
 
 
 def test_ddp_trains_and_resumes_at_the_next_epoch(dataset, tmp_path):
-    lines = []
-    first = launch(_job(dataset, tmp_path, epochs=1), lines.append)
-    assert len(lines) == 1 and lines[0].startswith("epoch 1/1")
+    log = []
+    first = launch(_job(dataset, tmp_path, epochs=1), log.append)
+    assert any(line.startswith("  step 6/6") for line in log)  # progress within the epoch
+    assert len(_epochs(log)) == 1 and _epochs(log)[0].startswith("epoch 1/1")
     state = load_checkpoint(storage.join(str(tmp_path), CHECKPOINT))
     # 600 samples, global batch 100 split over 2 ranks: 6 optimizer steps, in step on both ranks
     assert state["epoch"] == 0 and _adam_steps(state) == {6}
     assert first["val/top1"] > 0.2  # the bars are learnable: well above chance after one epoch
 
-    lines.clear()
-    second = launch(_job(dataset, tmp_path, epochs=2), lines.append)
-    assert len(lines) == 1 and lines[0].startswith("epoch 2/2")  # epoch 1 was not run again
+    log.clear()
+    second = launch(_job(dataset, tmp_path, epochs=2), log.append)
+    assert len(_epochs(log)) == 1 and _epochs(log)[0].startswith("epoch 2/2")  # epoch 1 was not run again
     state = load_checkpoint(storage.join(str(tmp_path), CHECKPOINT))
     assert state["epoch"] == 1 and _adam_steps(state) == {12}  # the optimizer carried on
     assert state["history"][0] == first and second["val/top1"] >= first["val/top1"] - 0.05
 
-    lines.clear()
-    launch(_job(dataset, tmp_path, epochs=2), lines.append)  # already done: nothing to run
-    assert lines == []
+    log.clear()
+    launch(_job(dataset, tmp_path, epochs=2), log.append)  # already done: nothing to run
+    assert log == []
 
 
 def test_gradient_accumulation_and_checkpoints_on_s3(dataset, s3_bucket):
@@ -64,3 +69,13 @@ def test_a_failing_rank_surfaces_its_traceback(tmp_path):
 def test_batch_must_split_across_ranks(dataset, tmp_path):
     with pytest.raises(TrainingError, match="batch size 99 does not split into 2 ranks"):
         launch(_job(dataset, tmp_path, epochs=1, batch_size=99))
+
+
+def test_resuming_with_other_parameters_is_refused(dataset, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = TrainConfig(data=dataset, run_name="r", checkpoint_dir=str(tmp_path / "ckpt"))
+    job = prepare(cfg, tmp_path, uri)
+    longer = prepare(cfg.model_copy(update={"epochs": 9, "nproc": 4}), tmp_path, uri)
+    assert longer.mlflow_run_id == job.mlflow_run_id and longer.epochs == 9
+    with pytest.raises(TrainingError, match=r"started with other parameters \(lr None → 0.5\)"):
+        prepare(cfg.model_copy(update={"lr": 0.5}), tmp_path, uri)
