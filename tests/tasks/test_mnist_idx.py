@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_idx
+from idxfiles import write_idx
 from tasks import mnist
 from tasks.mnist import IdxError
 
