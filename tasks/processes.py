@@ -2,7 +2,9 @@
 
 Each process starts in its own session, so its process group holds everything it forks (uvicorn
 workers, gunicorn children). A process is identified by its PID *and* its start time, read from
-``/proc``, so a PID the kernel has since handed to an unrelated program is never signalled.
+``/proc``, so a PID the kernel has since handed to an unrelated program is never signalled. Each
+also gets a random tag in its environment, which its descendants inherit: that finds a child that
+left the group (a Prefect flow run starts its own session) even after its parent was killed.
 
     proc = spawn(["moto_server", "-H", "127.0.0.1", "-p", "5001"], log=Path("s3.log"), env=env)
     wait_http("http://127.0.0.1:5001/", proc=proc, timeout=60)
@@ -12,6 +14,7 @@ workers, gunicorn children). A process is identified by its PID *and* its start 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -30,13 +33,17 @@ class Proc:
 
     pid: int
     start_time: int | None  # clock ticks since boot (/proc/<pid>/stat field 22); None without /proc
+    tag: str | None = None  # the value of TAG_VAR in the environment of it and its descendants
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> Proc:
-        return cls(pid=int(data["pid"]), start_time=data.get("start_time"))
+        return cls(pid=int(data["pid"]), start_time=data.get("start_time"), tag=data.get("tag"))
+
+
+TAG_VAR = "VISIONFLOW_PROCESS_TAG"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -60,11 +67,21 @@ def _stat(pid: int) -> tuple[str, int, int, int] | None:
 def spawn(cmd: list[str], *, log: Path, env: dict[str, str], cwd: Path) -> Proc:
     """Start ``cmd`` detached in a new session, stdout and stderr appended to ``log``."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    tag = secrets.token_hex(8)
     with open(log, "ab") as out:
         child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 env=env, cwd=cwd, start_new_session=True, close_fds=True)
+                                 env={**env, TAG_VAR: tag}, cwd=cwd, start_new_session=True,
+                                 close_fds=True)
     stat = _stat(child.pid)
-    return Proc(pid=child.pid, start_time=stat[3] if stat else None)
+    return Proc(pid=child.pid, start_time=stat[3] if stat else None, tag=tag)
+
+
+def _tagged(pid: int, tag: str) -> bool:
+    try:
+        environ = (_PROC / str(pid) / "environ").read_bytes()
+    except OSError:  # gone, or another user's
+        return False
+    return f"{TAG_VAR}={tag}".encode() in environ.split(b"\0")
 
 
 def _reap(pid: int) -> None:
@@ -103,15 +120,16 @@ def _tree(proc: Proc) -> list[Proc]:
     # Members of our group are ours even when the leader has died: the kernel never hands out a
     # PID that is still a process-group id. So if the PID is in use by another program, our group
     # is empty, and any group of that number is the other program's.
-    if proc.pid in table and not alive(proc):
-        return []
-    found = {pid for pid, (_, _, pgid, _) in table.items() if pgid == proc.pid}
+    reused = proc.pid in table and not alive(proc)
+    found = set() if reused else {pid for pid, (_, _, pgid, _) in table.items() if pgid == proc.pid}
+    if proc.tag:
+        found |= {pid for pid in table if pid not in found and _tagged(pid, proc.tag)}
     frontier = set(found)
     while frontier:
         children = {pid for pid, (_, ppid, _, _) in table.items() if ppid in frontier} - found
         found |= children
         frontier = children
-    return [Proc(pid, table[pid][3]) for pid in sorted(found)]
+    return [Proc(pid, table[pid][3], proc.tag) for pid in sorted(found)]
 
 
 def family(proc: Proc) -> list[Proc]:

@@ -56,6 +56,7 @@ class Service:
     start_time: int | None
     port: int | None  # None for the worker, which serves nothing
     log: Path
+    tag: str | None = None  # see tasks/processes.py: finds its descendants after a crash
 
     @property
     def url(self) -> str | None:
@@ -63,7 +64,7 @@ class Service:
 
     @property
     def proc(self) -> Proc:
-        return Proc(self.pid, self.start_time)
+        return Proc(self.pid, self.start_time, self.tag)
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ def _write_state(home: Path, state: dict) -> None:
 
 def _services(home: Path, state: dict) -> dict[str, Service]:
     return {name: Service(name=name, pid=s["pid"], start_time=s.get("start_time"), port=s.get("port"),
-                          log=Path(s["log"]))
+                          log=Path(s["log"]), tag=s.get("tag"))
             for name, s in state.get("services", {}).items()}
 
 

@@ -59,9 +59,10 @@ def test_orphans_of_a_killed_leader_are_still_found(tmp_path):
     while processes.alive(proc):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    # The child in the leader's group survives the crash and is still ours to stop.
+    # The child in the leader's group and the grandchild in its own session survive the crash;
+    # both are still found (by group and by the inherited tag) and stopped.
     orphans = processes.family(proc)
-    assert len(orphans) == 1
+    assert len(orphans) == 2
     assert processes.stop(proc, grace=5) == "stopped"
     assert processes.family(proc) == []
 

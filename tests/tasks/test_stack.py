@@ -195,11 +195,12 @@ def _s3_keys(started, prefix: str) -> list[str]:
 def test_deploy_registers_each_flow_with_schedules_and_typed_forms(started, capsys):
     assert _cli("deploy") == 0
     out = capsys.readouterr().out
-    assert "skipped imagenet-ingest: flows/imagenet.py does not exist yet" in out
     assert "skipped train-gpu: work pool visionflow-k8s-gpu does not exist" in out
+    local = {s.name for s in deployments.load(REPO / "infra" / "prefect.yaml")
+             if s.pool == stack.POOL and (REPO / s.flow_file).exists()}
     with _prefect(started) as client:
         found = {d.name: d for d in client.read_deployments()}
-    assert set(found) == {"mnist-pipeline", "mnist-ingest", "train", "evaluate"}
+    assert set(found) == local and {"mnist-pipeline", "mnist-ingest", "train", "evaluate"} <= local
     pipeline = found["mnist-pipeline"]
     assert pipeline.work_pool_name == stack.POOL
     assert [(s.schedule.cron, s.active) for s in pipeline.schedules] == [("0 2 * * *", True)]
@@ -223,6 +224,26 @@ def test_trigger_runs_a_deployment_on_the_worker(started, idx_dir, capsys):
     keys = _s3_keys(started, "datasets/mnist/v1/")
     assert "datasets/mnist/v1/manifest.json" in keys
     assert any(k.endswith(".tar") for k in keys)
+
+
+def test_the_mnist_pipeline_deployment_logs_to_the_mlflow_server_and_s3(started, idx_dir, capsys):
+    from mlflow import MlflowClient
+
+    assert _cli("trigger", "mnist-pipeline", "--param", f"source={idx_dir}",
+                "--param", f"out=s3://{stack.BUCKET}/pipeline", "--param", "epochs=1",
+                "--param", "nproc=1", "--param", "max_steps_per_epoch=2",
+                "--param", "run_name=stack-e2e", "--watch", "--timeout", "500") == 0, capsys.readouterr()
+    client = MlflowClient(tracking_uri=started.services["mlflow"].url)
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id],
+                              filter_string="attributes.run_name = 'stack-e2e'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert {"train/loss", "val/top1", "val/top5"} <= set(run.data.metrics)
+    assert run.data.tags["prefect.flow_run_url"].startswith(started.services["prefect"].url)
+    artifacts = _s3_keys(started, f"mlflow/{run.info.experiment_id}/{run.info.run_id}/artifacts/")
+    assert artifacts, "the run's artifacts should be in the S3 bucket"
+    assert "pipeline/mnist/v1/manifest.json" in _s3_keys(started, "pipeline/")
 
 
 def test_bad_triggers_fail_in_one_line_and_start_nothing(started, capsys):
