@@ -17,6 +17,7 @@ from typing import Annotated
 
 from cyclopts import App, Parameter
 
+from flows.stack_cli import deploy, runs_app, stack_app, trigger
 from tasks.config import EvaluateConfig, ImagenetIngestConfig, MnistIngestConfig, MnistPipelineConfig, TrainConfig, resolve_home
 
 app = App(name="visionflow", help="Computer-vision experiments as Prefect pipelines.")
@@ -24,6 +25,10 @@ pipeline_app = App(name="pipeline", help="Run a whole pipeline: ingest → train
 ingest_app = App(name="ingest", help="Turn a raw dataset into WebDataset shards.")
 app.command(pipeline_app)
 app.command(ingest_app)
+app.command(stack_app)  # the local real stack, deployments, triggers and run comparison
+app.command(deploy)
+app.command(trigger)
+app.command(runs_app)
 
 # Quiet, robust defaults for Prefect's embedded server; anything the user set wins.
 _PREFECT_DEFAULTS = {
