@@ -8,8 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
-# Debian packages the tests read: real Fashion-MNIST, and real photographs for ImageNet-like corpora.
-TEST_DEBS := dataset-fashion-mnist mate-backgrounds
+# Debian packages the tests read: real Fashion-MNIST, real photographs for ImageNet-like corpora,
+# and chromium for the headless checks of the Prefect and MLflow UIs.
+TEST_DEBS := dataset-fashion-mnist mate-backgrounds chromium
 EPOCHS ?= 6
 
 .PHONY: mnist test venv data
