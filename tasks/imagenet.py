@@ -40,6 +40,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import shards, tracking
 from tasks.config import ImagenetIngestConfig
+from tasks.errors import retry_unless_bad_input
 
 SPLITS = ("train", "val")
 KAGGLE_IMAGES = Path("ILSVRC", "Data", "CLS-LOC")
@@ -284,13 +285,13 @@ def to_rgb(im):
     return im.convert("RGB")  # CMYK (Adobe-inverted ones too), YCbCr, P, 1, …
 
 
-def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]:
-    """One input → one JPEG per transform, plus what the sample's json records about it."""
+def resize(data: bytes, transforms: list[Transform]) -> tuple[list[Image.Image], dict]:
+    """One input → one RGB image per transform, plus what the sample's json records about it."""
     limit = min(t.max_pixels for t in transforms)
     im = open_image(data, limit)
     info = {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
-    outputs: list[bytes] = []
-    decoded: dict[int, Image.Image] = {}
+    outputs: list[Image.Image] = []
+    decoded: dict[int, Image.Image] = {}  # by draft scale: each input is decoded once per scale
     try:
         for t in transforms:
             scale = draft_scale(im.width, im.height, t) if im.format == "JPEG" else 1
@@ -301,10 +302,16 @@ def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]
                 decoded[scale] = to_rgb(src)
             size, box = output_geometry(info["width"], info["height"], t)
             out = decoded[scale].resize(size, RESAMPLE[t.resample], box=tuple(b / scale for b in box))
-            outputs.append(encode_jpeg(out if out.mode == "RGB" else out.convert("RGB"), t.quality))
+            outputs.append(out if out.mode == "RGB" else out.convert("RGB"))
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
     return outputs, info
+
+
+def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]:
+    """``resize``, then each image re-encoded as JPEG at its transform's quality."""
+    images, info = resize(data, transforms)
+    return [encode_jpeg(im, t.quality) for im, t in zip(images, transforms)], info
 
 
 def encode_jpeg(im, quality: int) -> bytes:
@@ -510,7 +517,8 @@ def log_summary(summary: Summary, cfg: ImagenetIngestConfig, manifest: dict, uri
 # --- Prefect tasks -------------------------------------------------------------------------------
 
 
-@task(name="scan-imagenet", retries=1, cache_policy=NO_CACHE)
+@task(name="scan-imagenet", retries=1, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_bad_input)
 def scan_task(source_root: str) -> Source:
     source = scan(source_root)
     get_run_logger().info("%s: %d classes; %s", source_root, len(source.wnids),
@@ -519,7 +527,8 @@ def scan_task(source_root: str) -> Source:
 
 
 # Idempotency comes from the shard commit records, not from Prefect's result cache.
-@task(name="write-imagenet-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="write-imagenet-shard", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_bad_input)
 def write_chunk_task(images: str, wnids: list[str], chunk_targets: list[Target],
                      spec: shards.ShardSpec) -> ChunkResult:
     result = write_chunk(images, wnids, chunk_targets, spec)
@@ -528,12 +537,14 @@ def write_chunk_task(images: str, wnids: list[str], chunk_targets: list[Target],
     return result
 
 
-@task(name="commit-imagenet-manifests", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="commit-imagenet-manifests", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_bad_input)
 def commit_manifests_task(source: Source, all_targets: list[Target], specs: list[shards.ShardSpec],
                           results: list[ChunkResult], dataset: str) -> list[dict]:
     return commit_manifests(source, all_targets, specs, results, dataset)
 
 
-@task(name="log-imagenet-ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="log-imagenet-ingest", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_bad_input)
 def log_summary_task(summary: Summary, cfg: ImagenetIngestConfig, manifest: dict, uri: str, home: Path) -> str:
     return log_summary(summary, cfg, manifest, uri, home)
