@@ -38,7 +38,7 @@ class MnistIngestConfig(Frozen):
 class TrainConfig(Frozen):
     recipe: Literal["mnist_convnet", "mnist_mlp"] = Field(
         "mnist_convnet", description="Experiment recipe: model, loss, optimizer and default schedule")
-    data: str = Field(description="Dataset URL holding manifest.json (<root>/<dataset>/<version>)")
+    data: str = Field(description="Dataset URL holding manifest.json ({root}/{dataset}/{version})")
     epochs: int | None = Field(None, ge=1, description="Epochs (default: the recipe's)")
     batch_size: int | None = Field(None, ge=1, description="Global batch size (default: the recipe's)")
     lr: float | None = Field(None, gt=0, description="Learning rate (default: the recipe's)")
@@ -51,7 +51,7 @@ class TrainConfig(Frozen):
     seed: int = Field(0, description="Seed for initialisation and the per-epoch shard order")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap steps per epoch (smoke runs)")
     checkpoint_dir: str | None = Field(None, description="Where checkpoints go, local or s3:// "
-                                       "(default: $VISIONFLOW_HOME/runs/<run_name>)")
+                                       "(default: $VISIONFLOW_HOME/runs/{run_name})")
     run_name: str = Field("mnist-convnet", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
                           description="Run name; a re-run with the same name resumes it")
     experiment: str = Field("mnist", description="MLflow experiment")
@@ -71,7 +71,7 @@ class MnistPipelineConfig(Frozen):
     epochs: int | None = Field(None, ge=1, description="Epochs (default: the recipe's)")
     nproc: int = Field(2, ge=1, description="Training processes")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap steps per epoch (smoke runs)")
-    run_name: str | None = Field(None, description="Run name (default: <dataset>-<recipe>)")
+    run_name: str | None = Field(None, description="Run name (default: {dataset}-{recipe})")
 
 
 class ImagenetIngestConfig(Frozen):
@@ -85,7 +85,7 @@ class ImagenetIngestConfig(Frozen):
                          description="Version of the resized + center-cropped dataset; immutable once committed")
     size: int = Field(256, ge=8, description="Shorter side after resizing, and the center crop's side")
     variants: tuple[int, ...] = Field((), description="Extra shorter-side-only sizes (e.g. 160 352), "
-                                      "each written as version <version>-short<N>")
+                                      "each written as version {version}-short{N}")
     quality: int = Field(90, ge=1, le=100, description="JPEG quality of the re-encoded images")
     resample: Literal["bilinear", "bicubic", "lanczos"] = Field(
         "bilinear", description="Antialiased resize filter (bilinear is torchvision's Resize default)")
