@@ -1,7 +1,7 @@
 """Flow ``imagenet-ingest``: an ILSVRC-2012 tree → resized JPEG WebDataset shards (local or S3).
 
     visionflow ingest imagenet --source /data/ILSVRC2012 --out s3://bucket/datasets
-    visionflow ingest imagenet --source DIR --variants 160 352 --task-runner threads --workers 8
+    visionflow ingest imagenet --source DIR --variants 160 --variants 352 --task-runner threads --workers 8
 
 The shard plan is fanned out to one Prefect task per shard on the configured task runner (local
 processes by default, so decoding uses every core); a re-run keeps every committed shard.

@@ -1,0 +1,174 @@
+"""ImageNet ingest benchmark (not a test): the naive baseline against visionflow's ingest flow on
+the same corpus, side by side in one process.
+
+    python -m bench.ingest_imagenet                      # 1,000 JPEGs, both cores, ~2-4 minutes
+    python -m bench.ingest_imagenet --images 3000 --runners threads --workers 2 --corpus /tmp/ilsvrc-3k
+
+The corpus is an ILSVRC-shaped train tree cut from real photos at ImageNet's size distribution
+(``tasks/ilsvrc_sample.py``; needs ``apt-get install mate-backgrounds``). The baseline is the
+loop everyone writes first: torchvision ``ImageFolder`` + ``Resize(256)`` + ``CenterCrop(256)``
+into ``wds.ShardWriter`` (which encodes JPEG at quality 100). visionflow runs its Prefect flow
+(``flows/imagenet.py``) with the given task runner and workers, after a warm-up run so that
+Prefect's and MLflow's one-time start-up is not counted; its time includes the worker start-up
+of each run. Printed: images/s of each, the ratio, and the PSNR of visionflow's pixels against
+the baseline's (target: ≥ 3× and ≥ 35 dB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=1000, help="JPEGs in the corpus (10 classes)")
+    p.add_argument("--corpus", type=Path, help="reuse (or keep) the corpus here instead of a temp dir")
+    p.add_argument("--runners", nargs="+", default=["processes", "threads"], choices=["processes", "threads"])
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--shard-size", type=int, default=100)
+    p.add_argument("--quality", type=int, default=90, help="visionflow's JPEG quality")
+    return p.parse_args(argv)
+
+
+def make_corpus(root: Path, images: int) -> Path:
+    from tasks import ilsvrc_sample
+
+    if not (root / "train").is_dir():
+        ilsvrc_sample.make_tree(root, classes=10, train_per_class=images // 10, val_per_class=0, odd=False)
+    return root
+
+
+def baseline(train: Path, out: Path, shard_size: int) -> tuple[float, dict[str, np.ndarray]]:
+    """The naive single loop; returns its seconds and its output pixels by source path."""
+    import webdataset as wds
+    from torchvision import datasets, transforms
+
+    from tasks.reader import read_shard
+
+    dataset = datasets.ImageFolder(str(train), transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256)]))
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with wds.ShardWriter(str(out / "train-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+        for i, (image, cls) in enumerate(dataset):
+            sink.write({"__key__": f"{i:08d}", "jpg": image, "cls": cls})
+    seconds = time.perf_counter() - start
+    pixels = {}
+    for tar in sorted(out.glob("*.tar")):
+        for sample in read_shard(str(tar)):
+            path = dataset.samples[int(sample["__key__"])][0]
+            pixels[Path(path).relative_to(train.parent).as_posix()] = _decode(sample["jpg"])
+    return seconds, pixels
+
+
+def visionflow(corpus: Path, out: Path, runner: str, workers: int, shard_size: int, quality: int):
+    """The ingest flow; returns (end-to-end seconds, the flow's own images/s, pixels by source)."""
+    from flows.imagenet import imagenet_ingest
+    from tasks import shards
+    from tasks.config import ImagenetIngestConfig
+    from tasks.reader import read_shard
+
+    cfg = ImagenetIngestConfig(source=str(corpus), out=str(out), shard_size=shard_size, quality=quality,
+                               task_runner=runner, workers=workers)
+    start = time.perf_counter()
+    result = imagenet_ingest(cfg)
+    seconds = time.perf_counter() - start
+    url = result["urls"][0]
+    pixels = {}
+    for shard in shards.read_manifest(url)["splits"]["train"]["shards"]:
+        for sample in read_shard(str(Path(url, shard["name"]))):
+            pixels[json.loads(sample["json"])["source"]] = _decode(sample["jpg"])
+    return seconds, result["images_per_s"], pixels
+
+
+def single_process(corpus: Path, out: Path, shard_size: int, quality: int) -> float:
+    """visionflow's core on one process, no Prefect: the per-core rate."""
+    from tasks import imagenet
+    from tasks.config import ImagenetIngestConfig
+
+    cfg = ImagenetIngestConfig(source=str(corpus), shard_size=shard_size, quality=quality)
+    start = time.perf_counter()
+    imagenet.ingest(cfg.source, str(out), cfg)
+    return time.perf_counter() - start
+
+
+def _decode(jpeg: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def warm_up(scratch: Path) -> None:
+    """Start Prefect's embedded server and MLflow's database once, outside any timing."""
+    from flows.imagenet import imagenet_ingest
+    from tasks import ilsvrc_sample
+    from tasks.config import ImagenetIngestConfig
+
+    tiny = ilsvrc_sample.make_tree(scratch / "tiny", classes=2, train_per_class=2, val_per_class=0, odd=False)
+    imagenet_ingest(ImagenetIngestConfig(source=str(tiny.root), out=str(scratch / "tiny-out"), task_runner="threads"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    scratch = Path(tempfile.mkdtemp(prefix="vf-bench-ingest-"))
+    os.environ.setdefault("VISIONFLOW_HOME", str(scratch / "home"))
+    os.environ.setdefault("PREFECT_HOME", str(scratch / "prefect"))
+    for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+                       "DO_NOT_TRACK": "true", "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
+        os.environ.setdefault(key, value)
+    corpus = make_corpus(args.corpus or scratch / "corpus", args.images)
+    files = sorted((corpus / "train").rglob("*.JPEG"))
+    megapixels = sum(_size(f) for f in files) / 1e6
+    print(f"corpus: {len(files)} JPEGs, {sum(f.stat().st_size for f in files) / 2**20:.0f} MiB, "
+          f"{megapixels / len(files):.2f} Mpx per image on average; {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f}")
+    warm_up(scratch)
+
+    base_s, base_pixels = baseline(corpus / "train", scratch / "baseline", args.shard_size)
+    base_rate = len(files) / base_s
+    print(f"baseline   ImageFolder+Resize+CenterCrop+ShardWriter, 1 loop:   {base_rate:7.1f} images/s "
+          f"({base_s:.1f} s, JPEG quality 100)")
+    one_s = single_process(corpus, scratch / "single", args.shard_size, args.quality)
+    print(f"visionflow core, 1 process, no Prefect:                      {len(files) / one_s:7.1f} images/s "
+          f"({one_s:.1f} s) = {base_s / one_s:.2f}x per core")
+    for runner in args.runners:
+        flow_s, fan_out_rate, pixels = visionflow(corpus, scratch / f"flow-{runner}", runner, args.workers,
+                                                  args.shard_size, args.quality)
+        rate = len(files) / flow_s
+        scores = [psnr(pixels[k], base_pixels[k]) for k in base_pixels]
+        assert len(pixels) == len(base_pixels) == len(files)
+        print(f"visionflow flow, {runner:9s} x{args.workers}, end to end:             {rate:7.1f} images/s "
+              f"({flow_s:.1f} s; shard phase {fan_out_rate:.1f} images/s, {fan_out_rate / args.workers:.1f} per worker)")
+        print(f"  ratio {rate / base_rate:.2f}x end to end, {fan_out_rate / base_rate:.2f}x shard phase (target >= 3x); "
+              f"PSNR vs baseline mean {np.mean(scores):.1f} dB, min {min(scores):.1f} dB (target >= 35 dB, "
+              f"JPEG quality {args.quality})")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    shutil.rmtree(scratch, ignore_errors=True)  # a --corpus outside it is kept for the next run
+
+
+def _size(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.width * im.height
+
+
+if __name__ == "__main__":
+    main()
