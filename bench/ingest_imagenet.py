@@ -145,9 +145,10 @@ def main(argv: list[str] | None = None) -> None:
     base_rate = len(files) / base_s
     print(f"baseline   ImageFolder+Resize+CenterCrop+ShardWriter, 1 loop:   {base_rate:7.1f} images/s "
           f"({base_s:.1f} s, JPEG quality 100)")
-    one_s = single_process(corpus, scratch / "single", args.shard_size, args.quality)
-    print(f"visionflow core, 1 process, no Prefect:                      {len(files) / one_s:7.1f} images/s "
-          f"({one_s:.1f} s) = {base_s / one_s:.2f}x per core")
+    for quality in sorted({args.quality, 100}):  # quality 100: the baseline's encoding, like for like
+        one_s = single_process(corpus, scratch / f"single-q{quality}", args.shard_size, quality)
+        print(f"visionflow core, 1 process, no Prefect, JPEG quality {quality:3d}:  {len(files) / one_s:7.1f} "
+              f"images/s ({one_s:.1f} s) = {base_s / one_s:.2f}x per core")
     for runner in args.runners:
         flow_s, fan_out_rate, pixels = visionflow(corpus, scratch / f"flow-{runner}", runner, args.workers,
                                                   args.shard_size, args.quality)
