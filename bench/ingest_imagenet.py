@@ -1,7 +1,7 @@
 """ImageNet ingest benchmark (not a test): the naive baseline against visionflow's ingest flow on
 the same corpus, side by side in one process.
 
-    python -m bench.ingest_imagenet                      # 1,000 JPEGs, both cores, ~2-4 minutes
+    python -m bench.ingest_imagenet                      # 1,000 JPEGs, both cores, 2 rounds: ~3 minutes
     python -m bench.ingest_imagenet --images 3000 --runners threads --workers 2 --corpus /tmp/ilsvrc-3k
 
 The corpus is an ILSVRC-shaped train tree cut from real photos at ImageNet's size distribution
@@ -10,8 +10,9 @@ loop everyone writes first: torchvision ``ImageFolder`` + ``Resize(256)`` + ``Ce
 into ``wds.ShardWriter`` (which encodes JPEG at quality 100). visionflow runs its Prefect flow
 (``flows/imagenet.py``) with the given task runner and workers, after a warm-up run so that
 Prefect's and MLflow's one-time start-up is not counted; its time includes the worker start-up
-of each run. Printed: images/s of each, the ratio, and the PSNR of visionflow's pixels against
-the baseline's (target: ≥ 3× and ≥ 35 dB).
+of each run. Every contender runs once per round, interleaved, and its best round counts (the
+CPUs may be shared). Printed: images/s of each, the ratio, and the PSNR of visionflow's pixels
+against the baseline's (target: ≥ 3× and ≥ 35 dB).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--shard-size", type=int, default=100)
     p.add_argument("--quality", type=int, default=90, help="visionflow's JPEG quality")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds; the best of each is kept")
     return p.parse_args(argv)
 
 
@@ -58,7 +60,8 @@ def baseline(train: Path, out: Path, shard_size: int) -> tuple[float, dict[str, 
 
     from tasks.reader import read_shard
 
-    dataset = datasets.ImageFolder(str(train), transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256)]))
+    resize_crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256)])
+    dataset = datasets.ImageFolder(str(train), resize_crop)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with wds.ShardWriter(str(out / "train-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
@@ -122,7 +125,8 @@ def warm_up(scratch: Path) -> None:
     from tasks.config import ImagenetIngestConfig
 
     tiny = ilsvrc_sample.make_tree(scratch / "tiny", classes=2, train_per_class=2, val_per_class=0, odd=False)
-    imagenet_ingest(ImagenetIngestConfig(source=str(tiny.root), out=str(scratch / "tiny-out"), task_runner="threads"))
+    imagenet_ingest(ImagenetIngestConfig(source=str(tiny.root), out=str(scratch / "tiny-out"),
+                                         task_runner="threads"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("VISIONFLOW_HOME", str(scratch / "home"))
     os.environ.setdefault("PREFECT_HOME", str(scratch / "prefect"))
     for key, value in {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-                       "DO_NOT_TRACK": "true", "PREFECT_LOGGING_LEVEL": "WARNING"}.items():
+                       "DO_NOT_TRACK": "true", "PREFECT_LOGGING_LEVEL": "WARNING",
+                       "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
         os.environ.setdefault(key, value)
     corpus = make_corpus(args.corpus or scratch / "corpus", args.images)
     files = sorted((corpus / "train").rglob("*.JPEG"))
@@ -141,25 +146,46 @@ def main(argv: list[str] | None = None) -> None:
           f"load average {os.getloadavg()[0]:.2f}")
     warm_up(scratch)
 
-    base_s, base_pixels = baseline(corpus / "train", scratch / "baseline", args.shard_size)
-    base_rate = len(files) / base_s
+    # Other users share the CPUs: every contender runs once per round, interleaved, and the
+    # best round of each is reported (the one least disturbed by the neighbours).
+    best: dict[str, float] = {}
+    fan_out: dict[str, float] = {}
+    pixels: dict[str, dict] = {}
+
+    def keep(name: str, seconds: float) -> None:
+        best[name] = min(best.get(name, float("inf")), seconds)
+
+    for r in range(args.rounds):
+        seconds, pixels["baseline"] = baseline(corpus / "train", scratch / f"baseline-{r}", args.shard_size)
+        keep("baseline", seconds)
+        for quality in sorted({args.quality, 100}):  # quality 100: the baseline's encoding, like for like
+            seconds = single_process(corpus, scratch / f"single-q{quality}-{r}", args.shard_size, quality)
+            keep(f"core-q{quality}", seconds)
+        for runner in args.runners:
+            seconds, rate, pixels[runner] = visionflow(corpus, scratch / f"flow-{runner}-{r}", runner,
+                                                       args.workers, args.shard_size, args.quality)
+            keep(runner, seconds)
+            fan_out[runner] = max(fan_out.get(runner, 0.0), rate)
+        print(f"round {r + 1}/{args.rounds} done, load average {os.getloadavg()[0]:.2f}")
+
+    n = len(files)
+    base_rate = n / best["baseline"]
     print(f"baseline   ImageFolder+Resize+CenterCrop+ShardWriter, 1 loop:   {base_rate:7.1f} images/s "
-          f"({base_s:.1f} s, JPEG quality 100)")
-    for quality in sorted({args.quality, 100}):  # quality 100: the baseline's encoding, like for like
-        one_s = single_process(corpus, scratch / f"single-q{quality}", args.shard_size, quality)
-        print(f"visionflow core, 1 process, no Prefect, JPEG quality {quality:3d}:  {len(files) / one_s:7.1f} "
-              f"images/s ({one_s:.1f} s) = {base_s / one_s:.2f}x per core")
+          f"({best['baseline']:.1f} s, JPEG quality 100)")
+    for quality in sorted({args.quality, 100}):
+        one_s = best[f"core-q{quality}"]
+        print(f"visionflow core, 1 process, no Prefect, JPEG quality {quality:3d}:  {n / one_s:7.1f} "
+              f"images/s ({one_s:.1f} s) = {best['baseline'] / one_s:.2f}x per core")
     for runner in args.runners:
-        flow_s, fan_out_rate, pixels = visionflow(corpus, scratch / f"flow-{runner}", runner, args.workers,
-                                                  args.shard_size, args.quality)
-        rate = len(files) / flow_s
-        scores = [psnr(pixels[k], base_pixels[k]) for k in base_pixels]
-        assert len(pixels) == len(base_pixels) == len(files)
+        rate = n / best[runner]
+        scores = [psnr(pixels[runner][k], pixels["baseline"][k]) for k in pixels["baseline"]]
+        assert len(pixels[runner]) == len(pixels["baseline"]) == n
         print(f"visionflow flow, {runner:9s} x{args.workers}, end to end:             {rate:7.1f} images/s "
-              f"({flow_s:.1f} s; shard phase {fan_out_rate:.1f} images/s, {fan_out_rate / args.workers:.1f} per worker)")
-        print(f"  ratio {rate / base_rate:.2f}x end to end, {fan_out_rate / base_rate:.2f}x shard phase (target >= 3x); "
-              f"PSNR vs baseline mean {np.mean(scores):.1f} dB, min {min(scores):.1f} dB (target >= 35 dB, "
-              f"JPEG quality {args.quality})")
+              f"({best[runner]:.1f} s; shard phase {fan_out[runner]:.1f} images/s, "
+              f"{fan_out[runner] / args.workers:.1f} per worker)")
+        print(f"  ratio {rate / base_rate:.2f}x end to end, {fan_out[runner] / base_rate:.2f}x shard phase "
+              f"(target >= 3x); PSNR vs baseline mean {np.mean(scores):.1f} dB, min {min(scores):.1f} dB "
+              f"(target >= 35 dB, JPEG quality {args.quality})")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     shutil.rmtree(scratch, ignore_errors=True)  # a --corpus outside it is kept for the next run
 

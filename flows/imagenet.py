@@ -25,6 +25,7 @@ from tasks import imagenet, storage, tracking
 from tasks.config import ImagenetIngestConfig, resolve_home
 
 ARTIFACT_EVERY_S = 2.0
+CLUSTER_RUNNERS = {"dask": ("prefect_dask", "DaskTaskRunner"), "ray": ("prefect_ray", "RayTaskRunner")}
 _listeners: ContextVar[tuple[Callable[[int, int], None], ...]] = ContextVar("imagenet_progress", default=())
 
 
@@ -44,7 +45,8 @@ def imagenet_ingest(cfg: ImagenetIngestConfig) -> dict:
     summary = imagenet.summarize(manifests, [t.url for t in targets], results, seconds)
     create_table_artifact(summary.table(), key="imagenet-ingest-summary",
                           description=f"Ingest of {cfg.source} into {', '.join(summary.urls)}")
-    run_id = imagenet.log_summary_task(summary, cfg, manifests[0], tracking.tracking_uri(home, os.environ), home)
+    uri = tracking.tracking_uri(home, os.environ)
+    run_id = imagenet.log_summary_task(summary, cfg, manifests[0], uri, home)
     return {"urls": summary.urls, "images": summary.images, "rejects": summary.rejects,
             "table": summary.table(), "images_per_s": summary.images_per_s, "mlflow_run_id": run_id}
 
@@ -79,7 +81,7 @@ def task_runner(cfg: ImagenetIngestConfig):
         return ProcessPoolTaskRunner(max_workers=workers)
     if cfg.task_runner == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
-    module, name = {"dask": ("prefect_dask", "DaskTaskRunner"), "ray": ("prefect_ray", "RayTaskRunner")}[cfg.task_runner]
+    module, name = CLUSTER_RUNNERS[cfg.task_runner]
     try:
         runner = getattr(importlib.import_module(module), name)
     except ImportError:

@@ -227,7 +227,7 @@ class Transform:
                 "encoding": "jpeg"}
 
 
-def output_geometry(width: int, height: int, t: Transform) -> tuple[tuple[int, int], tuple[float, float, float, float]]:
+def output_geometry(width: int, height: int, t: Transform) -> tuple[tuple[int, int], tuple[float, ...]]:
     """(output size, source box) reproducing torchvision's ``Resize(size)`` then ``CenterCrop(size)``
     as a single resize of just the cropped region (Pillow samples outside the box as needed)."""
     if width <= height:
@@ -475,7 +475,8 @@ def summarize(manifests: list[dict], urls: list[str], results: list[ChunkResult]
     return Summary(urls=urls, images={s: v["samples"] for s, v in main["splits"].items()},
                    rejects=dict(Counter(r["reason"] for r in rejects)),
                    shards=sum(len(m["splits"][s]["shards"]) for m in manifests for s in m["splits"]),
-                   bytes=sum(sh["bytes"] for m in manifests for s in m["splits"].values() for sh in s["shards"]),
+                   bytes=sum(shard["bytes"] for m in manifests for split in m["splits"].values()
+                             for shard in split["shards"]),
                    shards_written=len(written), inputs_processed=processed, seconds=seconds,
                    rejected_paths=rejects)
 

@@ -167,8 +167,9 @@ def test_odd_but_readable_inputs_become_rgb(photos):
     assert imagenet.render(odd["odd_png_named_jpeg.JPEG"], [Transform(256)])[1]["format"] == "PNG"
 
 
-@pytest.mark.parametrize("name, reason", [("odd_truncated.JPEG", "truncated"), ("odd_empty.JPEG", "empty"),
-                                          ("odd_text.JPEG", "not-an-image"), ("odd_bomb.JPEG", "decompression-bomb")])
+@pytest.mark.parametrize("name, reason", [
+    ("odd_truncated.JPEG", "truncated"), ("odd_empty.JPEG", "empty"),
+    ("odd_text.JPEG", "not-an-image"), ("odd_bomb.JPEG", "decompression-bomb")])
 def test_unreadable_inputs_are_rejected_with_their_reason(photos, name, reason):
     data = {n: d for n, d, _ in ilsvrc_sample.odd_files(photos[0], random.Random(1))}[name]
     with pytest.raises(Rejected) as caught:
@@ -191,7 +192,8 @@ def test_ingest_writes_every_image_or_its_reject(flat_tree, storage_root):
     summary = imagenet.ingest(cfg.source, storage_root, cfg)
     main, variant = summary.urls
     assert variant.endswith("imagenet/v1-short160")
-    good = {s: n - sum(1 for p in flat_tree.expected_rejects if p.startswith(s)) for s, n in flat_tree.images.items()}
+    good = {s: n - sum(1 for p in flat_tree.expected_rejects if p.startswith(s))
+            for s, n in flat_tree.images.items()}
     assert summary.images == good and summary.shards_written == summary.shards == 2 * (4 + 1)  # 28 train, 7 val
     assert summary.rejects == {"truncated": 2, "empty": 1, "not-an-image": 1, "decompression-bomb": 1}
 
@@ -218,7 +220,8 @@ def test_ingest_writes_every_image_or_its_reject(flat_tree, storage_root):
     assert min(fidelity) > 30 and np.mean(fidelity) > 36  # JPEG quality 90 against exact pixels
 
     short = shards.read_manifest(variant)
-    assert short["params"]["transform"] == "resize-shorter" and short["splits"]["train"]["samples"] == good["train"]
+    assert short["params"]["transform"] == "resize-shorter"
+    assert short["splits"]["train"]["samples"] == good["train"]
     first = next(read_shard(storage.join(variant, short["splits"]["train"]["shards"][0]["name"])))
     assert min(Image.open(io.BytesIO(first["jpg"])).size) == 160
 
@@ -253,8 +256,8 @@ def test_killed_ingest_resumes_to_the_same_dataset(flat_tree, tmp_path):
     url = reference.urls[0].replace("whole", "killed")
     commits = Path(url, "_commits")
 
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_INGEST, cfg.model_dump_json(), str(tmp_path / "killed")],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    command = [sys.executable, "-c", _SLOW_INGEST, cfg.model_dump_json(), str(tmp_path / "killed")]
+    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     deadline = time.monotonic() + 120
     while not (commits.is_dir() and len(list(commits.iterdir())) >= 2) and proc.poll() is None:
         assert time.monotonic() < deadline, "the ingest subprocess committed nothing"
