@@ -5,7 +5,7 @@ the seed's model and hyper-parameters (Adam 1e-3, batch 100), then a pass over t
 visionflow: the same recipe through the DDP engine (torchrun, gloo, N CPU processes) streaming
 PNG shards, including the same test-set pass. Both run here, one after the other, in one run.
 
-    .venv/bin/python bench/mnist_train.py [--source /usr/share/datasets/fashion-mnist] [--nproc 2]
+    .venv/bin/python -m bench.mnist_train [--source /usr/share/datasets/fashion-mnist] [--nproc 2]
 """
 
 from __future__ import annotations
@@ -48,15 +48,19 @@ def plain_loop(source: Path, scratch: Path, epochs: int) -> tuple[float, float]:
     start = time.perf_counter()
     for _ in range(epochs):
         model.train()
+        loss_sum, seen = 0.0, 0
         for images, labels in DataLoader(train, batch_size=100, shuffle=True, num_workers=1):
             optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(images), labels).backward()
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            loss.backward()
             optimizer.step()
+            loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
         model.eval()
         correct = 0
         with torch.no_grad():
             for images, labels in DataLoader(test, batch_size=100, num_workers=1):
                 correct += (model(images).argmax(1) == labels).sum().item()
+    print(f"    last epoch: train loss {loss_sum / seen:.4f}")
     return time.perf_counter() - start, correct / len(test)
 
 

@@ -39,6 +39,7 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
         record = json.loads(storage.read_bytes(record_url))
         _check_same_run(cfg, TrainConfig(**record["config"]), checkpoint_dir)
         run_id = record["mlflow_run_id"]
+        tracking.client(uri).update_run(run_id, status="RUNNING")  # resumed: it runs again
     else:
         params = tracking.flatten(cfg)
         params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
@@ -144,6 +145,10 @@ def train_task(cfg: TrainConfig, home: Path, uri: str) -> dict:
     job = prepare(cfg, home, uri)
     logger.info("training %s on %s (%d × %s), checkpoints in %s, MLflow run %s", cfg.recipe, cfg.data,
                 cfg.nproc * cfg.nnodes, cfg.device, job.checkpoint_dir, job.mlflow_run_id)
-    metrics = launch(job, logger.info)
-    log_model(job)
+    try:
+        metrics = launch(job, logger.info)
+        log_model(job)  # its MLflow run context closes the run as FINISHED
+    except BaseException:
+        tracking.client(uri).set_terminated(job.mlflow_run_id, status="FAILED")
+        raise
     return {"checkpoint_dir": job.checkpoint_dir, "mlflow_run_id": job.mlflow_run_id, **metrics}
