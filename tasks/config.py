@@ -95,8 +95,8 @@ class ImagenetIngestConfig(Frozen):
                             "decompression bombs (default: Pillow's limit)")
     shard_size: int = Field(1000, ge=1, description="Images per shard, and per Prefect task")
     task_runner: Literal["processes", "threads", "dask", "ray"] = Field(
-        "processes", description="Where shard tasks run: local processes or threads, or a Dask / Ray "
-        "cluster (needs prefect-dask / prefect-ray)")
+        "threads", description="Where shard tasks run: local threads (Pillow decodes outside the GIL; "
+        "no worker start-up) or processes, or a Dask / Ray cluster (needs prefect-dask / prefect-ray)")
     workers: int | None = Field(None, ge=1, description="Local processes or threads (default: CPU count)")
     cluster_address: str | None = Field(None, description="Dask scheduler or Ray head address")
     experiment: str = Field("imagenet-ingest", description="MLflow experiment of the ingest summary")
