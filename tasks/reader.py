@@ -14,7 +14,6 @@ with ranks differing by at most one, for evaluation), so DDP never hangs on an u
 from __future__ import annotations
 
 import io
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -166,10 +165,6 @@ def decode_image(data: bytes, mode: str | None = None) -> torch.Tensor:
 
 def decode_class(data: bytes) -> int:
     return int(data.decode())
-
-
-def decode_json(data: bytes) -> Any:
-    return json.loads(data)
 
 
 def register_s3_opener() -> None:

@@ -69,3 +69,16 @@ def test_short_shard_is_reported(toy_shards):
     lying = [ShardRef(toy_shards[3].url, 5)]  # the manifest claims 5, the tar holds 2
     with pytest.raises(shards.ShardError, match="holds fewer samples than its manifest"):
         list(ShardStream(lying, _decode, shuffle=False))
+
+
+def test_plain_webdataset_reads_s3_through_the_boto3_opener(toy_shards, s3_bucket):
+    import webdataset as wds
+
+    from tasks import storage
+    from tasks.reader import register_s3_opener
+
+    url = f"{s3_bucket}/toy/{toy_shards[0].url.rsplit('/', 1)[-1]}"
+    storage.upload_file(toy_shards[0].url, url)
+    register_s3_opener()
+    dataset = wds.WebDataset(url, shardshuffle=False, nodesplitter=wds.split_by_node)
+    assert [int(s["cls"]) for s in dataset] == list(range(7))
