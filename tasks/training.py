@@ -121,13 +121,20 @@ def _epoch_line(m: dict, epochs: int) -> str:
 
 
 def log_model(job: Job) -> None:
-    """Log the trained network to the run as an MLflow PyTorch model."""
+    """Log the trained network to the run as an MLflow PyTorch model, once per trained state."""
     import mlflow
     import mlflow.pytorch
 
     import models
 
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
+    epoch = str(state["epoch"])
+    client = tracking.client(job.tracking_uri)
+    experiment_id = client.get_run(job.mlflow_run_id).info.experiment_id
+    if any(m.source_run_id == job.mlflow_run_id and m.tags.get("visionflow.epoch") == epoch
+           for m in client.search_logged_models(experiment_ids=[experiment_id])):
+        client.set_terminated(job.mlflow_run_id)  # a re-run of a finished run: already logged
+        return
     model = models.build(job.recipe.model, num_classes=job.num_classes, **job.recipe.model_kwargs)
     model.load_state_dict(state["model"])
     mlflow.set_tracking_uri(job.tracking_uri)
@@ -136,7 +143,8 @@ def log_model(job: Job) -> None:
         # requirements, as inferring them would re-import the world in a subprocess.
         example = np.zeros((2, *job.recipe.input_shape), dtype=np.float32)  # batch 2: keep it dynamic
         mlflow.pytorch.log_model(model.eval(), name="model", input_example=example,
-                                 pip_requirements=["torch", "torchvision", "visionflow"])
+                                 pip_requirements=["torch", "torchvision", "visionflow"],
+                                 tags={"visionflow.epoch": epoch})
 
 
 @task(name="train", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)

@@ -4,6 +4,7 @@ training over gloo, evaluation, and what lands in MLflow (SQLite)."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -65,6 +66,12 @@ def test_rerunning_the_pipeline_resumes_instead_of_retraining(pipeline_run, idx_
                                                run_name="flow-test"))
     assert again["train"]["mlflow_run_id"] == pipeline_run["train"]["mlflow_run_id"]
     assert again["train"]["val/top1"] == pipeline_run["train"]["val/top1"]  # same checkpoint
+    client = MlflowClient(tracking_uri(Path(os.environ["VISIONFLOW_HOME"]), os.environ))
+    run = client.get_run(again["train"]["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    logged = [m for m in client.search_logged_models(experiment_ids=[run.info.experiment_id])
+              if m.source_run_id == run.info.run_id]
+    assert len(logged) == 1 and logged[0].tags["visionflow.epoch"] == "1"  # not logged twice
 
 
 def _cli(*args, env=None):
