@@ -59,11 +59,20 @@ def _metric_safe(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "_-. " else "_" for ch in name).replace(" ", "_")
 
 
+def _pyplot():
+    """pyplot on the file-only Agg backend (workers have no display); imported when first used."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _figure_png(fig) -> bytes:
     import io
 
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out = io.BytesIO()
     fig.savefig(out, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -71,10 +80,7 @@ def _figure_png(fig) -> bytes:
 
 
 def _confusion_png(matrix: torch.Tensor, classes: list[str]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
     ax.imshow(matrix.numpy(), cmap="Blues")
@@ -90,10 +96,7 @@ def _confusion_png(matrix: torch.Tensor, classes: list[str]) -> bytes:
 
 
 def _misclassified_png(wrong: list, classes: list[str]) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
