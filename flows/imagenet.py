@@ -22,7 +22,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 
-from tasks import imagenet, storage, tracking
+from tasks import imagenet, imaging, storage, tracking
 from tasks.config import ImagenetIngestConfig, resolve_home
 
 ARTIFACT_EVERY_S = 2.0
@@ -60,7 +60,7 @@ def write_shards(cfg: ImagenetIngestConfig, source: imagenet.Source, targets: li
                                         description=f"{total} images in {len(specs)} shards")
     done, last = 0, time.monotonic()
     results: dict[str, imagenet.ChunkResult] = {}
-    with _shared_api(cfg), task_runner(cfg) as runner:
+    with _shared_api(cfg), imaging.one_torch_thread(), task_runner(cfg) as runner:
         futures = {runner.submit(imagenet.write_chunk_task, {
             "images": source.images, "wnids": source.wnids, "chunk_targets": targets, "spec": spec}): spec
             for spec in specs}

@@ -90,7 +90,7 @@ class ImagenetIngestConfig(Frozen):
     resample: Literal["bilinear", "bicubic", "lanczos"] = Field(
         "bilinear", description="Antialiased resize filter (bilinear is torchvision's Resize default)")
     draft: bool = Field(True, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT "
-                        "domain, never below twice the target size")
+                        "domain, never below 1.5× the target size")
     max_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels are rejected as "
                             "decompression bombs (default: Pillow's limit)")
     shard_size: int = Field(1000, ge=1, description="Images per shard, and per Prefect task")

@@ -17,15 +17,14 @@ as its own dataset version. An input that cannot be read goes to ``rejects.jsonl
 ``empty``, ``not-an-image``, ``truncated``, ``corrupt``, ``decompression-bomb``, ``unlabeled``,
 ``unreadable``.
 
-The flow (``flows/imagenet.py``) fans the shard plan out to Prefect tasks; ``ingest`` below runs
-the same steps in one process (tests, scripts).
+Each image is made by ``tasks/imaging.py``. The flow (``flows/imagenet.py``) fans the shard plan
+out to Prefect tasks; ``ingest`` below runs the same steps in one process (tests, scripts).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import os
 import re
 import time
@@ -34,13 +33,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from PIL import Image, UnidentifiedImageError
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import shards, tracking
 from tasks.config import ImagenetIngestConfig
 from tasks.errors import retry_unless_bad_input
+from tasks.imaging import Rejected, Transform, one_torch_thread, one_torch_thread_in_workers, render
 
 SPLITS = ("train", "val")
 KAGGLE_IMAGES = Path("ILSVRC", "Data", "CLS-LOC")
@@ -48,23 +47,12 @@ SYNSET_MAPPING = "LOC_synset_mapping.txt"
 VAL_SOLUTION = "LOC_val_solution.csv"
 DEVKIT = Path("ILSVRC2012_devkit_t12", "data")
 DEVKIT_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
-DRAFT_GAP = 2  # DCT-domain decoding only down to twice the target: ≥ 50 dB from exact decoding
 UNLABELED = -1
-RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-            "lanczos": Image.Resampling.LANCZOS}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")
 
 
 class ImagenetError(ValueError):
     """The source tree is not a layout this ingest understands; the message says what is missing."""
-
-
-class Rejected(Exception):
-    """One input cannot become a sample; ``reason`` is a stable code for the rejects file."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
 
 
 # --- the source tree ---------------------------------------------------------------------------
@@ -204,120 +192,6 @@ def _flat_truth(root: Path, split: str) -> dict[str, str]:
                             "meta.mat (the ILSVRC2012 devkit) to the root, or sort them into "
                             f"{split}/<wnid>/ folders")
     return truth
-
-
-# --- one image ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Transform:
-    """Shorter side → ``size`` (antialiased), then a center ``size``² crop when ``crop``."""
-
-    size: int
-    crop: bool = True
-    quality: int = 90
-    resample: str = "bilinear"
-    draft: bool = True
-    max_pixels: int = 89_478_485
-
-    def params(self, shard_size: int) -> dict:
-        return {"transform": "resize-shorter+center-crop" if self.crop else "resize-shorter",
-                "size": self.size, "quality": self.quality, "resample": self.resample,
-                "draft": self.draft, "max_pixels": self.max_pixels, "shard_size": shard_size,
-                "encoding": "jpeg"}
-
-
-def output_geometry(width: int, height: int, t: Transform) -> tuple[tuple[int, int], tuple[float, ...]]:
-    """(output size, source box) reproducing torchvision's ``Resize(size)`` then ``CenterCrop(size)``
-    as a single resize of just the cropped region (Pillow samples outside the box as needed)."""
-    if width <= height:
-        new_w, new_h = t.size, int(t.size * height / width)
-    else:
-        new_w, new_h = int(t.size * width / height), t.size
-    if not t.crop:
-        return (new_w, new_h), (0.0, 0.0, float(width), float(height))
-    left, top = int(round((new_w - t.size) / 2.0)), int(round((new_h - t.size) / 2.0))
-    sx, sy = width / new_w, height / new_h
-    return (t.size, t.size), (left * sx, top * sy, (left + t.size) * sx, (top + t.size) * sy)
-
-
-def draft_scale(width: int, height: int, t: Transform) -> int:
-    """The JPEG DCT scaling (1, 2, 4 or 8) that still leaves DRAFT_GAP× the target resolution."""
-    if not t.draft:
-        return 1
-    return next(s for s in (8, 4, 2, 1) if min(width, height) // s >= DRAFT_GAP * t.size or s == 1)
-
-
-def open_image(data: bytes, max_pixels: int):
-    """Identify the image (header only) and refuse what must not be decoded."""
-    if not data:
-        raise Rejected("empty", "0 bytes")
-    try:
-        im = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        raise Rejected("not-an-image", f"{len(data)} bytes starting {data[:8]!r}") from None
-    except Image.DecompressionBombError as exc:
-        raise Rejected("decompression-bomb", str(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
-    if im.width * im.height > max_pixels:
-        raise Rejected("decompression-bomb", f"{im.width}×{im.height} = {im.width * im.height} pixels "
-                       f"is over the limit of {max_pixels}")
-    return im
-
-
-def _decode_reason(exc: BaseException) -> str:
-    return "truncated" if "truncat" in str(exc).lower() else "corrupt"
-
-
-def to_rgb(im):
-    """RGB (or L, kept single-channel until after resizing). Transparency is composited onto
-    white: the colour under a fully transparent pixel is arbitrary, often black."""
-    if im.mode in ("RGB", "L"):
-        return im
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        canvas.alpha_composite(rgba)
-        return canvas.convert("RGB")
-    if im.mode.startswith("I;16") or im.mode == "I":
-        return im.point(lambda v: v / 256).convert("L")  # 16-bit → 8-bit, not clipped to white
-    return im.convert("RGB")  # CMYK (Adobe-inverted ones too), YCbCr, P, 1, …
-
-
-def resize(data: bytes, transforms: list[Transform]) -> tuple[list[Image.Image], dict]:
-    """One input → one RGB image per transform, plus what the sample's json records about it."""
-    limit = min(t.max_pixels for t in transforms)
-    im = open_image(data, limit)
-    info = {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
-    outputs: list[Image.Image] = []
-    decoded: dict[int, Image.Image] = {}  # by draft scale: each input is decoded once per scale
-    try:
-        for t in transforms:
-            scale = draft_scale(im.width, im.height, t) if im.format == "JPEG" else 1
-            if scale not in decoded:
-                src = open_image(data, limit) if decoded else im
-                if scale > 1:
-                    src.draft(src.mode, (src.width // scale, src.height // scale))
-                decoded[scale] = to_rgb(src)
-            size, box = output_geometry(info["width"], info["height"], t)
-            out = decoded[scale].resize(size, RESAMPLE[t.resample], box=tuple(b / scale for b in box))
-            outputs.append(out if out.mode == "RGB" else out.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
-    return outputs, info
-
-
-def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]:
-    """``resize``, then each image re-encoded as JPEG at its transform's quality."""
-    images, info = resize(data, transforms)
-    return [encode_jpeg(im, t.quality) for im, t in zip(images, transforms)], info
-
-
-def encode_jpeg(im, quality: int) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
 
 
 # --- one chunk: a shard per target --------------------------------------------------------------
@@ -489,7 +363,8 @@ def ingest(source_root: str | Path, root: str, cfg: ImagenetIngestConfig,
     check_targets(source, all_targets)
     specs = plan_chunks(source, cfg.shard_size)
     start = time.perf_counter()
-    results = list(map_chunks(lambda spec: write_chunk(source.images, source.wnids, all_targets, spec), specs))
+    with one_torch_thread():
+        results = list(map_chunks(lambda spec: write_chunk(source.images, source.wnids, all_targets, spec), specs))
     seconds = time.perf_counter() - start
     manifests = commit_manifests(source, all_targets, specs, results, cfg.dataset)
     return summarize(manifests, [t.url for t in all_targets], results, seconds)
@@ -530,6 +405,7 @@ def scan_task(source_root: str) -> Source:
       retry_condition_fn=retry_unless_bad_input)
 def write_chunk_task(images: str, wnids: list[str], chunk_targets: list[Target],
                      spec: shards.ShardSpec) -> ChunkResult:
+    one_torch_thread_in_workers()
     result = write_chunk(images, wnids, chunk_targets, spec)
     get_run_logger().info("%s: %s %d inputs in %.1f s", spec.name,
                           "wrote" if any(result.written) else "kept committed", result.inputs, result.seconds)

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks import ilsvrc_sample, imagenet, shards, storage
+from tasks import ilsvrc_sample, imagenet, imaging, shards, storage
 from tasks.config import ImagenetIngestConfig
-from tasks.imagenet import ImagenetError, Rejected, Transform
+from tasks.imagenet import ImagenetError
+from tasks.imaging import Rejected, Transform
 from tasks.reader import read_shard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,19 +125,38 @@ def test_unsafe_file_names_become_unique_safe_keys():
                                   (300, 257), (640, 427), (120, 90), (41, 30)])
 def test_transform_matches_torchvision_resize_and_center_crop(photos, size):
     data = ilsvrc_sample.jpeg_bytes(ilsvrc_sample.cut(photos[1], size, random.Random(size[0])), 95)
-    (image,), info = imagenet.resize(data, [Transform(256)])
+    (image,), info = imaging.resize(data, [Transform(256)])
     ours, reference = np.asarray(image).astype(int), torchvision_reference(Image.open(io.BytesIO(data)))
     assert ours.shape == reference.shape == (256, 256, 3)
     assert np.abs(ours - reference).max() <= 1  # one resize of the crop box = resize, then crop
     assert info == {"width": size[0], "height": size[1], "mode": "RGB", "format": "JPEG"}
 
 
+def test_libjpeg_to_torch_path_gives_pillows_pixels(photos, monkeypatch):
+    data = ilsvrc_sample.jpeg_bytes(ilsvrc_sample.cut(photos[3], (500, 333), random.Random(3)), 90)
+    gray = ilsvrc_sample.jpeg_bytes(ilsvrc_sample.cut(photos[4], (375, 500), random.Random(4)).convert("L"), 90)
+    transforms = [Transform(256), Transform(160, crop=False)]
+    decoded = []
+    real = imaging._decode_tensor
+    monkeypatch.setattr(imaging, "_decode_tensor", lambda d: decoded.append(real(d)) or decoded[-1])
+    fast = [imaging.resize(d, transforms)[0] for d in (data, gray)]
+    assert len(decoded) == 2 and [tuple(t.shape) for t in decoded] == [(3, 333, 500), (1, 500, 375)]
+    monkeypatch.setattr(imaging, "_decode_tensor", lambda d: None)  # what Pillow alone makes
+    slow = [imaging.resize(d, transforms)[0] for d in (data, gray)]
+    for ours, pillows in zip(sum(fast, []), sum(slow, [])):
+        assert ours.mode == pillows.mode == "RGB" and ours.size == pillows.size
+        assert np.abs(np.asarray(ours).astype(int) - np.asarray(pillows)).max() <= 1
+    monkeypatch.setattr(imaging, "_decode_tensor", lambda d: pytest.fail("bicubic is Pillow's"))
+    imaging.resize(data, [Transform(256, resample="bicubic")])
+
+
 def test_jpeg_draft_on_large_images_keeps_fidelity(photos):
     data = ilsvrc_sample.jpeg_bytes(photos[2].resize((1600, 1200)), 92)
-    assert imagenet.draft_scale(1600, 1200, Transform(256)) == 2
-    assert imagenet.draft_scale(1600, 1200, Transform(256, draft=False)) == 1
-    (drafted,), _ = imagenet.resize(data, [Transform(256)])
-    (exact,), _ = imagenet.resize(data, [Transform(256, draft=False)])
+    assert imaging.draft_scale(1600, 1200, Transform(256)) == 2  # 800×600; 400×300 is under 1.5 × 256
+    assert imaging.draft_scale(1000, 760, Transform(256)) == 1
+    assert imaging.draft_scale(1600, 1200, Transform(256, draft=False)) == 1
+    (drafted,), _ = imaging.resize(data, [Transform(256)])
+    (exact,), _ = imaging.resize(data, [Transform(256, draft=False)])
     reference = torchvision_reference(Image.open(io.BytesIO(data)))
     assert np.abs(np.asarray(exact).astype(int) - reference).max() <= 1
     assert psnr(np.asarray(drafted), reference) > 35

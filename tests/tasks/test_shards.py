@@ -1,6 +1,9 @@
 """Shard planning, deterministic bytes, commit/skip, crash-and-resume, on local disk and S3."""
 
+import io
 import json
+import random
+import tarfile
 
 import pytest
 
@@ -48,6 +51,24 @@ def test_tar_bytes_are_deterministic(tmp_path):
     shards.write_tar(_samples_of(spec), tmp_path / "a.tar")
     shards.write_tar(_samples_of(spec), tmp_path / "b.tar")
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+
+
+@pytest.mark.parametrize("count", [0, 1, 9])
+def test_tar_bytes_are_those_tarfile_writes(tmp_path, count):
+    """The hand-made headers against the standard library's, long (prefix-split) names included."""
+    rng = random.Random(count)
+    samples = [{"__key__": f"{'d' * rng.randint(1, 90)}/{i}{'x' * rng.randint(1, 95)}",
+                "jpg": rng.randbytes(rng.randint(0, 2000)), "cls": i, "json": {"i": i}} for i in range(count)]
+    shards.write_tar(samples, tmp_path / "ours.tar")
+    with tarfile.open(tmp_path / "tarfiles.tar", "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            for name, data in shards.encode_sample(sample):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = \
+                    len(data), 0, 0o444, 0, 0, "", ""
+                tar.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "ours.tar").read_bytes() == (tmp_path / "tarfiles.tar").read_bytes()
+    assert [s["__key__"] for s in read_shard(str(tmp_path / "ours.tar"))] == [s["__key__"] for s in samples]
 
 
 @pytest.mark.parametrize("sample, reason", [
