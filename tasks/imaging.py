@@ -135,38 +135,48 @@ def to_rgb(im):
 def resize(data: bytes, transforms: list[Transform]) -> tuple[list[Image.Image], dict]:
     """One input → one RGB image per transform, plus what the sample's json records about it."""
     limit = min(t.max_pixels for t in transforms)
-    im = open_image(data, limit)
-    info = {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
-    outputs: list[Image.Image] = []
-    pixels: torch.Tensor | None = None
-    decoded: dict[int, Image.Image] = {}  # Pillow's, by draft scale: each decoded once per scale
-    fresh = [im]  # the opened, not yet decoded image; reopened when a second scale needs one
-    try:
-        for t in transforms:
-            scale = draft_scale(im.width, im.height, t) if im.format == "JPEG" else 1
-            if scale == 1 and pixels is None and _tensor_path(im, t):
-                pixels = _decode_tensor(data)
-            if scale == 1 and pixels is not None and _tensor_path(im, t):
-                outputs.append(_resize_tensor(pixels, info["width"], info["height"], t))
-                continue
-            if scale not in decoded:
-                src = fresh.pop() if fresh else open_image(data, limit)
-                if scale > 1:
-                    src.draft(src.mode, (src.width // scale, src.height // scale))
-                decoded[scale] = to_rgb(src)
-            size, box = output_geometry(info["width"], info["height"], t)
-            out = decoded[scale].resize(size, RESAMPLE[t.resample], box=tuple(b / scale for b in box))
-            outputs.append(out if out.mode == "RGB" else out.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
-    return outputs, info
+    header = jpeg_header(data)
+    if header and header[0] * header[1] <= limit and all(_tensor_path(header, t) for t in transforms):
+        pixels = _decode_tensor(data)
+        if pixels is not None:
+            width, height, components = header
+            info = {"width": width, "height": height, "mode": "RGB" if components == 3 else "L", "format": "JPEG"}
+            return [_resize_tensor(pixels, width, height, t) for t in transforms], info
+    return _resize_with_pillow(data, transforms, limit)
 
 
-def _tensor_path(im, t: Transform) -> bool:
-    """Whether libjpeg-turbo → torch can make this output: a plain RGB or gray JPEG, a filter
-    torch antialiases, and an aspect that does not make the uncropped resize wasteful."""
-    return (im.format == "JPEG" and im.mode in ("RGB", "L") and t.resample in TENSOR_RESAMPLE
-            and max(im.size) <= MAX_TENSOR_ASPECT * min(im.size))
+def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, components) of an 8-bit JPEG's frame, read by walking its markers (a
+    fraction of Pillow's open); None for anything else: Pillow then identifies it."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _SOF:
+            if pos + 10 > len(data) or data[pos + 4] != 8:  # 12-bit and lossless JPEGs: Pillow's
+                return None
+            height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
+            return (width, height, data[pos + 9]) if width and height else None
+        elif marker in (0xD9, 0xDA):  # end of image or scan data before any frame header
+            return None
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return None
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _tensor_path(header: tuple[int, int, int], t: Transform) -> bool:
+    """Whether libjpeg-turbo → torch can make this output: a gray or YCbCr/RGB JPEG read at full
+    size, a filter torch antialiases as Pillow does, and an aspect that does not make the
+    uncropped resize wasteful."""
+    width, height, components = header
+    return (components in (1, 3) and draft_scale(width, height, t) == 1 and t.resample in TENSOR_RESAMPLE
+            and max(width, height) <= MAX_TENSOR_ASPECT * min(width, height))
 
 
 def _decode_tensor(data: bytes) -> torch.Tensor | None:
@@ -187,6 +197,27 @@ def _resize_tensor(pixels: torch.Tensor, width: int, height: int, t: Transform) 
         out = out[:, top:top + t.size, left:left + t.size]
     planes = [Image.fromarray(plane) for plane in out.contiguous().numpy()]  # 10× faster than an HWC copy
     return Image.merge("RGB", planes) if len(planes) == 3 else planes[0].convert("RGB")
+
+
+def _resize_with_pillow(data: bytes, transforms: list[Transform], limit: int) -> tuple[list[Image.Image], dict]:
+    im = open_image(data, limit)
+    info = {"width": im.width, "height": im.height, "mode": im.mode, "format": im.format}
+    outputs: list[Image.Image] = []
+    decoded: dict[int, Image.Image] = {}  # by draft scale: each input is decoded once per scale
+    try:
+        for t in transforms:
+            scale = draft_scale(im.width, im.height, t) if im.format == "JPEG" else 1
+            if scale not in decoded:
+                src = open_image(data, limit) if decoded else im
+                if scale > 1:
+                    src.draft(src.mode, (src.width // scale, src.height // scale))
+                decoded[scale] = to_rgb(src)
+            size, box = output_geometry(info["width"], info["height"], t)
+            out = decoded[scale].resize(size, RESAMPLE[t.resample], box=tuple(b / scale for b in box))
+            outputs.append(out if out.mode == "RGB" else out.convert("RGB"))
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise Rejected(_decode_reason(exc), f"{type(exc).__name__}: {exc}") from None
+    return outputs, info
 
 
 def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]:

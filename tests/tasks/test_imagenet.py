@@ -150,6 +150,24 @@ def test_libjpeg_to_torch_path_gives_pillows_pixels(photos, monkeypatch):
     imaging.resize(data, [Transform(256, resample="bicubic")])
 
 
+def test_jpeg_header_agrees_with_pillow_or_leaves_the_file_to_it(photos):
+    odd = {name: data for name, data, _ in ilsvrc_sample.odd_files(photos[0], random.Random(1))}
+    progressive = io.BytesIO()
+    photos[1].resize((333, 500)).save(progressive, format="JPEG", progressive=True, quality=80)
+    for name, data in [*odd.items(), ("progressive.JPEG", progressive.getvalue())]:
+        header = imaging.jpeg_header(data)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Exception:  # empty, text, …: never read as a JPEG frame either
+            assert header is None, name
+            continue
+        if im.format == "JPEG":
+            assert header == (*im.size, len(im.mode)), name
+        else:
+            assert header is None, name
+    assert imaging.jpeg_header(odd["odd_cmyk.JPEG"])[2] == 4  # a frame, but CMYK: Pillow's path
+
+
 def test_jpeg_draft_on_large_images_keeps_fidelity(photos):
     data = ilsvrc_sample.jpeg_bytes(photos[2].resize((1600, 1200)), 92)
     assert imaging.draft_scale(1600, 1200, Transform(256)) == 2  # 800×600; 400×300 is under 1.5 × 256
