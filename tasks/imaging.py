@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
+import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -227,9 +230,21 @@ def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]
 
 
 def encode_jpeg(im, quality: int) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    """Pillow's JPEG encoder holds the GIL while it writes into memory (``BytesIO``) but lets it
+    go while it writes to a file descriptor, so each thread encodes into a file of its own in
+    memory: two threads then encode at once instead of taking turns."""
+    f = getattr(_encoder_file, "f", None)
+    if f is None:
+        f = _encoder_file.f = (os.fdopen(os.memfd_create("visionflow-jpeg"), "w+b") if hasattr(os, "memfd_create")
+                               else tempfile.TemporaryFile())
+    f.seek(0)
+    f.truncate()
+    im.save(f, format="JPEG", quality=quality)
+    f.seek(0)
+    return f.read()
+
+
+_encoder_file = threading.local()
 
 
 @contextmanager
