@@ -71,13 +71,28 @@ class Source:
     fingerprint: str
 
 
-def _files(folder: Path) -> list[Path]:
-    """Regular, non-hidden files below ``folder``, sorted (hidden files are OS metadata)."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
-    return sorted(found)
+def _files(folder: Path) -> list[tuple[str, int]]:
+    """(path relative to ``folder``, size in bytes or -1 when it cannot be read) of the non-hidden
+    files below ``folder``, in path order (hidden files are OS metadata). One ``scandir`` per
+    directory and one ``stat`` per file: ImageNet's train split is 1.28 M of them."""
+    found: list[tuple[str, int]] = []
+
+    def walk(directory: str, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():  # symlinked folders included
+                    walk(entry.path, f"{prefix}{entry.name}/")
+                    continue
+                try:
+                    size = entry.stat().st_size
+                except OSError:  # a dangling link: read, and rejected, as "unreadable"
+                    size = -1
+                found.append((prefix + entry.name, size))
+
+    walk(str(folder), "")
+    return sorted(found, key=lambda item: item[0].split("/"))
 
 
 def _subdirs(folder: Path) -> list[str]:
@@ -165,8 +180,7 @@ def scan(root: str | Path) -> Source:
     truth: dict[str, str] | None = None
     for split in present:
         items = []
-        for path in _files(images / split):
-            rel = path.relative_to(images / split).as_posix()
+        for rel, size in _files(images / split):
             folder, _, name = rel.rpartition("/")
             if folder:
                 label = folder.split("/")[0]
@@ -174,7 +188,7 @@ def scan(root: str | Path) -> Source:
                 truth = _flat_truth(root, split) if truth is None else truth
                 label = truth.get(name.rsplit(".", 1)[0], "")
             items.append((f"{split}/{rel}", index.get(label, UNLABELED)))
-            digest.update(f"{split}/{rel}\0{path.stat().st_size}\n".encode())
+            digest.update(f"{split}/{rel}\0{size}\n".encode())
         splits[split] = [(rel, cls, key) for (rel, cls), key
                          in zip(items, _keys([r.split("/", 1)[1] for r, _ in items]))]
     for label_file in (root / SYNSET_MAPPING, root / VAL_SOLUTION, root / DEVKIT / DEVKIT_TRUTH):

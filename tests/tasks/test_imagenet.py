@@ -99,6 +99,16 @@ def test_source_fingerprint_follows_the_files(photos, tmp_path):
     assert imagenet.scan(tree.root).fingerprint != before
 
 
+def test_a_dangling_link_is_an_unreadable_reject_not_a_crash(photos, tmp_path):
+    tree = ilsvrc_sample.make_tree(tmp_path / "root", classes=2, train_per_class=2, val_per_class=0,
+                                   odd=False, photos=photos)
+    (tree.root / "train" / tree.wnids[1] / "gone.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    cfg = ImagenetIngestConfig(source=str(tree.root), shard_size=8)
+    summary = imagenet.ingest(cfg.source, str(tmp_path / "out"), cfg)
+    assert summary.images == {"train": 4} and summary.rejects == {"unreadable": 1}
+    assert summary.rejected_paths[0]["path"] == f"train/{tree.wnids[1]}/gone.JPEG"
+
+
 @pytest.mark.parametrize("files, message", [
     (None, "no such directory"),
     (["images/a.JPEG"], "neither train/ nor val/"),
