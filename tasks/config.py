@@ -86,7 +86,9 @@ class ImagenetIngestConfig(Frozen):
     size: int = Field(256, ge=8, description="Shorter side after resizing, and the center crop's side")
     variants: tuple[int, ...] = Field((), description="Extra shorter-side-only sizes (e.g. 160 352), "
                                       "each written as version {version}-short{N}")
-    quality: int = Field(90, ge=1, le=100, description="JPEG quality of the re-encoded images")
+    quality: int = Field(95, ge=1, le=100, description="JPEG quality of the re-encoded images (95: every "
+                         "image within 37 dB PSNR of torchvision's pixels on the bench corpus; 90: 42 dB on "
+                         "average, 35 dB at worst, for 30% smaller shards)")
     resample: Literal["bilinear", "bicubic", "lanczos"] = Field(
         "bilinear", description="Antialiased resize filter (bilinear is torchvision's Resize default)")
     draft: bool = Field(True, description="Decode large JPEGs at 1/2, 1/4 or 1/8 scale in the DCT "

@@ -53,7 +53,7 @@ class Transform:
 
     size: int
     crop: bool = True
-    quality: int = 90
+    quality: int = 95
     resample: str = "bilinear"
     draft: bool = True
     max_pixels: int = 89_478_485
