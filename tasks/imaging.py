@@ -1,20 +1,20 @@
 """One input image → resized, center-cropped RGB JPEGs, as torchvision's ``Resize(size)`` +
-``CenterCrop(size)`` would make them, at a fraction of the CPU.
+``CenterCrop(size)`` would make them, at half the CPU and mostly outside the GIL.
 
 Two ways through, the same pixels (within 1 level of torchvision's reference):
 
-- the common case, an RGB or grayscale JPEG read at full size (ILSVRC-2012: ~95% of the files),
-  is decoded by libjpeg-turbo straight into a uint8 tensor (``torchvision.io.decode_jpeg``) and
-  resized by torch's vectorized uint8 antialiased resampler, which follows Pillow's filters;
-  this is about twice as fast as Pillow's decode + resize;
+- the common case, an RGB or grayscale JPEG read at full size (ILSVRC-2012-like sizes: ~93% of
+  the files), has its frame header read here, is decoded by libjpeg-turbo straight into a uint8
+  tensor (``torchvision.io.decode_jpeg``) and resized by torch's vectorized uint8 antialiased
+  resampler, which follows Pillow's bilinear filter;
 - everything else goes through Pillow: large JPEGs decoded at 1/2, 1/4 or 1/8 scale in the DCT
   domain (``draft``) and then resized from the crop box only; CMYK, palette, alpha, 16-bit and
   non-JPEG files converted to RGB first; and any file the fast path refuses, so a broken file is
   always judged (and named) by one decoder.
 
-Every output is re-encoded by Pillow (libjpeg-turbo). An input that cannot be read raises
-``Rejected`` with one of ``empty``, ``not-an-image``, ``truncated``, ``corrupt``,
-``decompression-bomb``.
+Every output is encoded by Pillow (libjpeg-turbo) into a per-thread in-memory file, where Pillow
+lets the GIL go. An input that cannot be read raises ``Rejected`` with one of ``empty``,
+``not-an-image``, ``truncated``, ``corrupt``, ``decompression-bomb``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,17 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.nn import functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
+
+try:  # deprecated in torchvision 0.29 for TorchCodec's; should a later pin lack it, Pillow decodes
+    from torchvision.io import ImageReadMode, decode_jpeg
+except ImportError:
+    decode_jpeg = None
 
 DRAFT_GAP = 1.5  # DCT-domain decoding down to 1.5× the target size (see draft_scale)
 MAX_TENSOR_ASPECT = 4  # beyond this, resizing the whole image before cropping wastes too much
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "lanczos": Image.Resampling.LANCZOS}
-TENSOR_RESAMPLE = ("bilinear",)  # torch's antialiased bicubic differs from Pillow's by up to a few levels
+TENSOR_RESAMPLE = ("bilinear",)  # torch's antialiased bicubic differs from Pillow's by more than ±1
 
 
 class Rejected(Exception):
@@ -185,6 +189,8 @@ def _tensor_path(header: tuple[int, int, int], t: Transform) -> bool:
 def _decode_tensor(data: bytes) -> torch.Tensor | None:
     """C×H×W uint8 (C = 3 or 1), or None when libjpeg-turbo refuses the file: Pillow's path then
     decodes it or names what is wrong with it."""
+    if decode_jpeg is None:
+        return None
     try:
         return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
     except RuntimeError:
