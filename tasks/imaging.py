@@ -204,7 +204,7 @@ def _resize_tensor(pixels: torch.Tensor, width: int, height: int, t: Transform) 
     if t.crop:
         left, top = crop_offset(new_w, new_h, t.size)
         out = out[:, top:top + t.size, left:left + t.size]
-    planes = [Image.fromarray(plane) for plane in out.contiguous().numpy()]  # 10× faster than an HWC copy
+    planes = [Image.fromarray(plane) for plane in out.contiguous().numpy()]  # 4× cheaper than an HWC copy
     return Image.merge("RGB", planes) if len(planes) == 3 else planes[0].convert("RGB")
 
 
