@@ -238,11 +238,13 @@ def render(data: bytes, transforms: list[Transform]) -> tuple[list[bytes], dict]
 def encode_jpeg(im, quality: int) -> bytes:
     """Pillow's JPEG encoder holds the GIL while it writes into memory (``BytesIO``) but lets it
     go while it writes to a file descriptor, so each thread encodes into a file of its own in
-    memory: two threads then encode at once instead of taking turns."""
+    memory: two threads then encode at once instead of taking turns. A forked child makes its own
+    (a file inherited across fork shares its offset with the parent)."""
     f = getattr(_encoder_file, "f", None)
-    if f is None:
+    if f is None or _encoder_file.pid != os.getpid():
         f = _encoder_file.f = (os.fdopen(os.memfd_create("visionflow-jpeg"), "w+b") if hasattr(os, "memfd_create")
                                else tempfile.TemporaryFile())
+        _encoder_file.pid = os.getpid()
     f.seek(0)
     f.truncate()
     im.save(f, format="JPEG", quality=quality)

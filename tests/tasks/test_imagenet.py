@@ -4,12 +4,14 @@ at ImageNet's size distribution, odd files included."""
 
 import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,26 @@ def test_transform_matches_torchvision_resize_and_center_crop(photos, size):
     assert ours.shape == reference.shape == (256, 256, 3)
     assert np.abs(ours - reference).max() <= 1  # one resize of the crop box = resize, then crop
     assert info == {"width": size[0], "height": size[1], "mode": "RGB", "format": "JPEG"}
+
+
+def test_jpeg_encoding_is_pillows_from_any_thread_or_forked_child(photos):
+    images = [photos[i % len(photos)].resize((256, 256)) for i in range(6)]
+    expected = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=95)
+        expected.append(buf.getvalue())
+    imaging.encode_jpeg(images[0], 95)  # this thread's in-memory file exists before the fork
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda im: imaging.encode_jpeg(im, 95), images * 3)) == expected * 3
+
+    reader, writer = multiprocessing.Pipe(duplex=False)
+    child = multiprocessing.get_context("fork").Process(
+        target=lambda: writer.send([imaging.encode_jpeg(im, 95) for im in images * 5]))
+    child.start()
+    mine = [imaging.encode_jpeg(im, 95) for im in images * 5]  # while the child encodes too
+    assert reader.poll(60) and reader.recv() == expected * 5 and mine == expected * 5
+    child.join(10)
 
 
 def test_libjpeg_to_torch_path_gives_pillows_pixels(photos, monkeypatch):
