@@ -80,6 +80,11 @@ def torchrun_command(job: Job, job_file: Path) -> list[str]:
 
 def launch(job: Job, log=print) -> dict:
     """Run the job to completion; returns the last epoch's metrics from the checkpoint."""
+    return run_to_end(job, log)["history"][-1]
+
+
+def run_to_end(job: Job, log=print) -> dict:
+    """Run the job to completion under torchrun; returns the final checkpoint (read once)."""
     with tempfile.TemporaryDirectory(prefix="vf-job-") as tmp:
         job_file = Path(tmp, "job.json")
         job_file.write_text(job.to_json())
@@ -100,7 +105,7 @@ def launch(job: Job, log=print) -> dict:
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
     if state is None:
         raise TrainingError(f"{job.checkpoint_dir}: training finished without a checkpoint")
-    return state["history"][-1]
+    return state
 
 
 def _rank_failure(lines: list[str], limit: int = 40) -> str:
@@ -120,14 +125,14 @@ def _epoch_line(m: dict, epochs: int) -> str:
             f"  {m['perf/images_per_s']:.0f} img/s  ({m['perf/epoch_s']:.0f} s)")
 
 
-def log_model(job: Job) -> None:
-    """Log the trained network to the run as an MLflow PyTorch model, once per trained state."""
+def log_model(job: Job, state: dict) -> None:
+    """Log the trained network (``state``: its final checkpoint) to the run as an MLflow PyTorch
+    model, once per trained state."""
     import mlflow
     import mlflow.pytorch
 
     import models
 
-    state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
     epoch = str(state["epoch"])
     client = tracking.client(job.tracking_uri)
     experiment_id = client.get_run(job.mlflow_run_id).info.experiment_id
@@ -154,9 +159,9 @@ def train_task(cfg: TrainConfig, home: Path, uri: str) -> dict:
     logger.info("training %s on %s (%d × %s), checkpoints in %s, MLflow run %s", cfg.recipe, cfg.data,
                 cfg.nproc * cfg.nnodes, cfg.device, job.checkpoint_dir, job.mlflow_run_id)
     try:
-        metrics = launch(job, logger.info)
-        log_model(job)  # its MLflow run context closes the run as FINISHED
+        state = run_to_end(job, logger.info)
+        log_model(job, state)  # its MLflow run context closes the run as FINISHED
     except BaseException:
         tracking.client(uri).set_terminated(job.mlflow_run_id, status="FAILED")
         raise
-    return {"checkpoint_dir": job.checkpoint_dir, "mlflow_run_id": job.mlflow_run_id, **metrics}
+    return {"checkpoint_dir": job.checkpoint_dir, "mlflow_run_id": job.mlflow_run_id, **state["history"][-1]}
