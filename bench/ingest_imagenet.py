@@ -1,7 +1,7 @@
 """ImageNet ingest benchmark (not a test): the naive baseline against visionflow's ingest flow on
 the same corpus, side by side in one process.
 
-    python -m bench.ingest_imagenet                      # 10,000 JPEGs, both cores, 2 rounds: ~12 minutes
+    python -m bench.ingest_imagenet                      # 10,000 JPEGs, both cores, 2 rounds: ~10 minutes
     python -m bench.ingest_imagenet --images 1000 --shard-size 100 --runners threads --corpus /tmp/ilsvrc-1k
 
 The corpus is an ILSVRC-shaped train tree cut from real photos at ImageNet's size distribution
