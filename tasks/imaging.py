@@ -163,7 +163,7 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
         if marker == 0xFF:  # fill byte
             pos += 1
         elif marker in _SOF:
-            if pos + 10 > len(data) or data[pos + 4] != 8:  # 12-bit and lossless JPEGs: Pillow's
+            if pos + 10 > len(data) or data[pos + 4] != 8:  # 12- and 16-bit JPEGs: Pillow's
                 return None
             height, width = int.from_bytes(data[pos + 5:pos + 7], "big"), int.from_bytes(data[pos + 7:pos + 9], "big")
             return (width, height, data[pos + 9]) if width and height else None
