@@ -53,7 +53,7 @@ def _cpu_seconds() -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from tasks.config import ImagenetIngestConfig
+    from tasks.imagenet.config import ImagenetIngestConfig
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=10_000, help="JPEGs in the corpus (10 classes)")
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_corpus(root: Path, images: int) -> Path:
-    from tasks import ilsvrc_sample
+    from tasks.imagenet import ilsvrc_sample
 
     if not (root / "train").is_dir():
         ilsvrc_sample.make_tree(root, classes=10, train_per_class=images // 10, val_per_class=0, odd=False)
@@ -80,7 +80,7 @@ def baseline(train: Path, out: Path, shard_size: int) -> tuple[Clock, dict[str, 
     import webdataset as wds
     from torchvision import datasets, transforms
 
-    from tasks.reader import read_shard
+    from tasks.data.reader import read_shard
 
     resize_crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256)])
     dataset = datasets.ImageFolder(str(train), resize_crop)
@@ -99,9 +99,9 @@ def baseline(train: Path, out: Path, shard_size: int) -> tuple[Clock, dict[str, 
 def visionflow(corpus: Path, out: Path, runner: str, workers: int, shard_size: int, quality: int):
     """The ingest flow; returns (its end-to-end clock, the flow's own images/s, pixels by source)."""
     from flows.imagenet import imagenet_ingest
-    from tasks import shards
-    from tasks.config import ImagenetIngestConfig
-    from tasks.reader import read_shard
+    from tasks.data import shards
+    from tasks.imagenet.config import ImagenetIngestConfig
+    from tasks.data.reader import read_shard
 
     cfg = ImagenetIngestConfig(source=str(corpus), out=str(out), shard_size=shard_size, quality=quality,
                                task_runner=runner, workers=workers)
@@ -117,8 +117,8 @@ def visionflow(corpus: Path, out: Path, runner: str, workers: int, shard_size: i
 
 def single_process(corpus: Path, out: Path, shard_size: int, quality: int) -> Clock:
     """visionflow's core on one process, no Prefect: the per-core rate."""
-    from tasks import imagenet
-    from tasks.config import ImagenetIngestConfig
+    from tasks.imagenet import ingest as imagenet
+    from tasks.imagenet.config import ImagenetIngestConfig
 
     cfg = ImagenetIngestConfig(source=str(corpus), shard_size=shard_size, quality=quality)
     with Clock() as clock:
@@ -140,8 +140,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def warm_up(scratch: Path) -> None:
     """Start Prefect's embedded server and MLflow's database once, outside any timing."""
     from flows.imagenet import imagenet_ingest
-    from tasks import ilsvrc_sample
-    from tasks.config import ImagenetIngestConfig
+    from tasks.imagenet import ilsvrc_sample
+    from tasks.imagenet.config import ImagenetIngestConfig
 
     tiny = ilsvrc_sample.make_tree(scratch / "tiny", classes=2, train_per_class=2, val_per_class=0, odd=False)
     imagenet_ingest(ImagenetIngestConfig(source=str(tiny.root), out=str(scratch / "tiny-out"),

@@ -22,11 +22,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import models
-from tasks import mnist, shards
+from tasks.mnist import idx as mnist
+from tasks.data import shards
 from tasks.config import TrainConfig
-from tasks.engine import Job
-from tasks.recipes import MNIST_MEAN, MNIST_STD
-from tasks.training import launch
+from tasks.train.engine import Job
+from tasks.train.recipe import MNIST_MEAN, MNIST_STD
+from tasks.train.launch import launch
 
 
 def plain_loop(source: Path, scratch: Path, epochs: int) -> tuple[float, float]:

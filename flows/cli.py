@@ -3,6 +3,7 @@
     visionflow pipeline mnist --source /usr/share/datasets/fashion-mnist --epochs 6
     visionflow ingest mnist --source DIR [--out s3://bucket/datasets]
     visionflow ingest imagenet --source ILSVRC_ROOT [--out s3://bucket/datasets]
+    visionflow pipeline imagenet --source ILSVRC_ROOT --recipe vgg11 [--epochs N] [--batch-size B] [--width W]
     visionflow train --data URL [--recipe mnist_mlp] [--epochs N]
     visionflow evaluate --checkpoint-dir DIR
 """
@@ -18,7 +19,9 @@ from typing import Annotated
 from cyclopts import App, Parameter
 
 from flows.stack_cli import deploy, runs_app, stack_app, trigger
-from tasks.config import EvaluateConfig, ImagenetIngestConfig, MnistIngestConfig, MnistPipelineConfig, TrainConfig, resolve_home
+from tasks.config import EvaluateConfig, TrainConfig, resolve_home
+from tasks.imagenet.config import ImagenetIngestConfig, ImagenetPipelineConfig
+from tasks.mnist.config import MnistIngestConfig, MnistPipelineConfig
 
 app = App(name="visionflow", help="Computer-vision experiments as Prefect pipelines.")
 pipeline_app = App(name="pipeline", help="Run a whole pipeline: ingest → train → evaluate.")
@@ -48,7 +51,7 @@ def _prepare_environment() -> Path:
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
     os.environ.setdefault("MPLCONFIGDIR", str(home / "matplotlib"))
     try:
-        from tasks import stack
+        from tasks.ops import stack
     except ImportError:
         return home
     stack.apply_env_file(home)  # a running `visionflow stack up` points every command at it
@@ -94,6 +97,16 @@ def pipeline_mnist(cfg: Annotated[MnistPipelineConfig, Parameter(name="*")] = Mn
     _print_summary(result["data"], result["train"], result["evaluate"])
 
 
+@pipeline_app.command(name="imagenet")
+def pipeline_imagenet(cfg: Annotated[ImagenetPipelineConfig, Parameter(name="*")]):
+    """An ILSVRC-2012 or ImageFolder tree → 256² shards → DDP training of a recipe → evaluation → MLflow."""
+    from flows.imagenet import imagenet_pipeline, progress_bar
+
+    with progress_bar():
+        result = _run(imagenet_pipeline, cfg)
+    _print_summary(result["data"], result["train"], result["evaluate"])
+
+
 @ingest_app.command(name="mnist")
 def ingest_mnist(cfg: Annotated[MnistIngestConfig, Parameter(name="*")] = MnistIngestConfig()):
     """MNIST or Fashion-MNIST IDX files (gzipped or raw) → WebDataset shards."""
@@ -110,7 +123,8 @@ def train(cfg: Annotated[TrainConfig, Parameter(name="*")]):
     from flows.train import train as train_flow
 
     result = _run(train_flow, cfg)
-    print(f"trained: val top1 {result['val/top1']:.4f}; checkpoints in {result['checkpoint_dir']}; "
+    select = result["select"]
+    print(f"trained: {select} {result[select]:.4f}; checkpoints in {result['checkpoint_dir']}; "
           f"MLflow run {result['mlflow_run_id']}")
 
 
@@ -134,13 +148,15 @@ def ingest_imagenet(cfg: Annotated[ImagenetIngestConfig, Parameter(name="*")]):
 
 
 def _print_summary(data: dict, trained: dict, scores: dict) -> None:
-    split = next(k for k in scores if k.endswith("/top1")).split("/")[0]
+    split = scores["select"].split("/")[0]
     uri = scores["tracking_uri"]
     print()
     print(f"  dataset     {data['url']}  ({', '.join(f'{k} {v}' for k, v in data['samples'].items())}, "
           f"rejects {data['rejects']})")
-    print(f"  accuracy    top-1 {scores[f'{split}/top1']:.2%}   top-5 {scores.get(f'{split}/top5', float('nan')):.2%}"
-          f"   on {split}")
+    shown = {k.split("/", 1)[1]: v for k, v in scores.items()
+             if k.startswith(f"{split}/") and "/acc/" not in k and isinstance(v, float)}
+    print(f"  {split:<10}  " + "   ".join(f"{k} {v:.2%}" if k.startswith("top") else f"{k} {v:.4f}"
+                                        for k, v in shown.items()))
     print(f"  checkpoint  {trained['checkpoint_dir']}")
     print(f"  MLflow run  {scores['mlflow_run_id']}  in {uri}")
     if uri.startswith("sqlite:"):

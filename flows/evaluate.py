@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow
 
 from tasks.config import EvaluateConfig
-from tasks.evaluation import evaluate_task
+from tasks.train.evaluation import evaluate_task
 
 
 @flow(name="evaluate")

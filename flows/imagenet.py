@@ -1,5 +1,7 @@
-"""Flow ``imagenet-ingest``: an ILSVRC-2012 tree → resized JPEG WebDataset shards (local or S3).
+"""Flows ``imagenet-ingest``: an ILSVRC-2012 tree → resized JPEG WebDataset shards (local or S3),
+and ``imagenet-pipeline``: ingest → train a recipe → evaluate.
 
+    visionflow pipeline imagenet --source /data/ILSVRC2012 --recipe resnet50_dawnbench --variants 160 --variants 352
     visionflow ingest imagenet --source /data/ILSVRC2012 --out s3://bucket/datasets
     visionflow ingest imagenet --source DIR --variants 160 --variants 352 --task-runner processes --workers 8
 
@@ -26,12 +28,34 @@ from prefect.futures import as_completed
 from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
-from tasks import imagenet, imaging, storage, tracking
-from tasks.config import ImagenetIngestConfig, resolve_home
+from tasks.imagenet import ingest as imagenet
+from tasks.data import imaging, storage
+from tasks.track import tracking
+from tasks.config import EvaluateConfig, TrainConfig, resolve_home
+from tasks.imagenet.config import ImagenetIngestConfig, ImagenetPipelineConfig
 
 ARTIFACT_EVERY_S = 2.0
 CLUSTER_RUNNERS = {"dask": ("prefect_dask", "DaskTaskRunner"), "ray": ("prefect_ray", "RayTaskRunner")}
 _listeners: ContextVar[tuple[Callable[[int, int], None], ...]] = ContextVar("imagenet_progress", default=())
+
+
+@flow(name="imagenet-pipeline")
+def imagenet_pipeline(cfg: ImagenetPipelineConfig) -> dict:
+    """Ingest (a re-run keeps committed shards) → train (a re-run resumes) → evaluate."""
+    from flows.evaluate import evaluate
+    from flows.train import train
+
+    data = imagenet_ingest(ImagenetIngestConfig(source=cfg.source, out=cfg.out, dataset=cfg.dataset,
+                                                variants=cfg.variants))
+    url = data["urls"][0]
+    run_name = cfg.run_name or f"{cfg.dataset}-{cfg.recipe}".replace("_", "-")
+    trained = train(TrainConfig(recipe=cfg.recipe, data=url, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                lr=cfg.lr, width=cfg.width, image_scale=cfg.image_scale, nproc=cfg.nproc,
+                                num_workers=cfg.num_workers, max_steps_per_epoch=cfg.max_steps_per_epoch,
+                                run_name=run_name))
+    scores = evaluate(EvaluateConfig(checkpoint_dir=trained["checkpoint_dir"]))
+    return {"data": {"url": url, "samples": data["samples"], "rejects": data["rejects"]},
+            "train": trained, "evaluate": scores}
 
 
 @flow(name="imagenet-ingest")
@@ -53,6 +77,7 @@ def imagenet_ingest(cfg: ImagenetIngestConfig) -> dict:
     uri = tracking.tracking_uri(home, os.environ)
     run_id = imagenet.log_summary_task(quote(summary), cfg, quote(manifests[0]), uri, home)
     return {"urls": summary.urls, "images": summary.images, "rejects": summary.rejects,
+            "samples": {split: s["samples"] for split, s in manifests[0]["splits"].items()},
             "table": summary.table(), "images_per_s": summary.images_per_s, "mlflow_run_id": run_id}
 
 

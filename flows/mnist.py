@@ -10,8 +10,10 @@ from pathlib import Path
 
 from prefect import flow
 
-from tasks import mnist, shards, storage
-from tasks.config import MnistIngestConfig, resolve_home
+from tasks.mnist import idx as mnist
+from tasks.data import shards, storage
+from tasks.config import resolve_home
+from tasks.mnist.config import MnistIngestConfig
 
 
 @flow(name="mnist-ingest")

@@ -10,7 +10,8 @@ from prefect import flow
 from flows.evaluate import evaluate
 from flows.mnist import mnist_ingest
 from flows.train import train
-from tasks.config import EvaluateConfig, MnistIngestConfig, MnistPipelineConfig, TrainConfig
+from tasks.config import EvaluateConfig, TrainConfig
+from tasks.mnist.config import MnistIngestConfig, MnistPipelineConfig
 
 
 @flow(name="mnist-pipeline")

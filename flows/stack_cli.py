@@ -18,9 +18,8 @@ from pathlib import Path
 
 from cyclopts import App
 
-from tasks import compare as comparing
-from tasks import deploy as deployments
-from tasks import stack, tracking
+from tasks.ops import compare as comparing, deploy as deployments, stack
+from tasks.track import tracking
 from tasks.config import resolve_home
 
 stack_app = App(name="stack", help="Start, stop and check the local real stack on 127.0.0.1.")

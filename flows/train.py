@@ -9,9 +9,9 @@ import os
 
 from prefect import flow
 
-from tasks import tracking
+from tasks.track import tracking
 from tasks.config import TrainConfig, resolve_home
-from tasks.training import train_task
+from tasks.train.launch import train_task
 
 
 @flow(name="train")

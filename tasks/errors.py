@@ -1,8 +1,29 @@
-"""Which failures are the user's to fix, and the one line that tells them how."""
+"""Which failures are the user's to fix, and the one line that tells them how.
+
+Domain errors subclass one of two bases, so this module imports no domain module:
+
+- ``BadInput``: the input is wrong (a damaged file, an unknown recipe); it fails the same way
+  every time, so Prefect does not retry it;
+- ``Transient``: the world was in the way (storage unreachable, a rank killed); a retry may pass.
+
+Both are *expected*: the CLI prints their message as one line, without a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+
+
+class VisionflowError(Exception):
+    """An expected failure with a message meant for the user."""
+
+
+class BadInput(VisionflowError, ValueError):
+    """Wrong input: retrying only delays the message."""
+
+
+class Transient(VisionflowError, RuntimeError):
+    """A failure of the environment; a retry may succeed."""
 
 
 def explain(exc: BaseException) -> str | None:
@@ -10,17 +31,11 @@ def explain(exc: BaseException) -> str | None:
     bug, which should keep its traceback."""
     from pydantic import ValidationError
 
-    from tasks.imagenet import ImagenetError
-    from tasks.mnist import IdxError
-    from tasks.shards import ShardError
-    from tasks.storage import StorageError
-    from tasks.training import TrainingError
-
     if isinstance(exc, ValidationError):
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or exc.title
         return f"invalid {exc.title} parameter {where}: {first['msg']}"
-    if isinstance(exc, (IdxError, ImagenetError, ShardError, StorageError, TrainingError, FileNotFoundError)):
+    if isinstance(exc, (VisionflowError, FileNotFoundError)):
         return str(exc)
     return None
 
@@ -29,11 +44,7 @@ def is_bad_input(exc: BaseException | None) -> bool:
     """Bad input fails the same way every time: retrying it only delays the message."""
     from pydantic import ValidationError
 
-    from tasks.imagenet import ImagenetError
-    from tasks.mnist import IdxError
-    from tasks.shards import ShardError
-
-    return isinstance(exc, (IdxError, ImagenetError, ShardError, ValidationError, FileNotFoundError))
+    return isinstance(exc, (BadInput, ValidationError, FileNotFoundError))
 
 
 def retry_unless_bad_input(task, task_run, state) -> bool:

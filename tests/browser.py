@@ -22,7 +22,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tasks import processes
+from tasks.ops import processes
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check",

@@ -10,10 +10,11 @@ from mlflow import MlflowClient
 
 from flows import cli
 from flows.imagenet import imagenet_ingest, task_runner
-from tasks import ilsvrc_sample, shards, storage
-from tasks.config import ImagenetIngestConfig
-from tasks.imagenet import ImagenetError
-from tasks.tracking import tracking_uri
+from tasks.imagenet import ilsvrc_sample
+from tasks.data import shards, storage
+from tasks.imagenet.config import ImagenetIngestConfig
+from tasks.imagenet.ingest import ImagenetError
+from tasks.track.tracking import tracking_uri
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 from mlflow import MlflowClient
 
 from flows.pipeline import mnist_pipeline
-from tasks import shards
-from tasks.config import MnistPipelineConfig
-from tasks.tracking import tracking_uri
+from tasks.data import shards
+from tasks.mnist.config import MnistPipelineConfig
+from tasks.track.tracking import tracking_uri
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from browser import Chromium
-from tasks import deploy, processes, stack, tracking
-from tasks.config import MnistPipelineConfig
+from tasks.ops import deploy, processes, stack
+from tasks.track import tracking
+from tasks.mnist.config import MnistPipelineConfig
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "ui"

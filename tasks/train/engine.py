@@ -1,0 +1,372 @@
+"""The one training engine: a plain ``torch.distributed`` DDP loop for every experiment.
+
+Run it under torchrun (what the Prefect ``train`` task does)::
+
+    torchrun --standalone --nproc-per-node 2 -m tasks.train.engine --job job.json
+
+``job.json`` holds the validated ``TrainConfig``, the recipe's ``module:attribute`` reference
+and where checkpoints and the MLflow run live. The recipe says what is experiment-specific
+(model, data, loss, evaluator, optimizer, LR schedule, phases); this loop does the rest. Rank 0
+alone writes checkpoints (atomically, every epoch: ``last.pt``, and ``best.pt`` when the
+recipe's selection metric improves) and logs metrics; a re-run with the same checkpoint
+directory resumes after the last finished epoch with the optimizer and schedule state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+import models
+from tasks.config import TrainConfig
+from tasks.data import storage
+from tasks.data.reader import ShardStream, shards_of
+from tasks.train.evaluator import batch_size_of, floats, run_evaluation
+from tasks.train.metrics_log import MetricLogger
+from tasks.train.recipe import EvalContext, Recipe, is_better, resolve
+from tasks.train.schedules import LRSchedule, Phase, phase_at, scale_phases
+
+CHECKPOINT = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training config resolved for one launch: concrete defaults and side-effect targets."""
+
+    config: TrainConfig
+    checkpoint_dir: str
+    recipe_ref: str  # "tasks.<experiment>.recipes:NAME", imported where the job runs
+    classes: tuple[str, ...] = ()
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    variants: tuple[str, ...] = field(default=())  # dataset variants that exist beside config.data
+
+    @cached_property
+    def recipe(self) -> Recipe:
+        return resolve(self.recipe_ref)
+
+    @property
+    def epochs(self) -> int:
+        return self.config.epochs or self.recipe.epochs
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size or self.recipe.batch_size
+
+    @property
+    def stretch(self) -> float:
+        """A run shorter (or longer) than the recipe's compresses its phases and schedule alike."""
+        return self.epochs / self.recipe.epochs
+
+    @cached_property
+    def phases(self) -> tuple[Phase, ...]:
+        return scale_phases(self.recipe.phases, self.stretch)
+
+    def phase(self, epoch: int) -> Phase:
+        return phase_at(self.phases, epoch)
+
+    def global_batch(self, phase: Phase) -> int:
+        """A phase's batch, scaled by the run's batch over the recipe's (keeps the phase ratios)."""
+        if phase.batch_size is None:
+            return self.batch_size
+        return max(1, round(phase.batch_size * self.batch_size / self.recipe.batch_size))
+
+    def image_size(self, size: int | None) -> int | None:
+        return None if size is None else max(8, round(size * self.config.image_scale / 8) * 8)
+
+    def sized(self, phase: Phase) -> Phase:
+        """The phase as this run trains it: sizes scaled, a variant kept only if it was ingested."""
+        from dataclasses import replace
+
+        return replace(phase, image_size=self.image_size(phase.image_size),
+                       val_size=self.image_size(phase.val_size),
+                       variant=phase.variant if phase.variant in self.variants else None,
+                       batch_size=self.global_batch(phase))
+
+    def data_url(self, phase: Phase) -> str:
+        return f"{self.config.data.rstrip('/')}-{phase.variant}" if phase.variant else self.config.data
+
+    def model_kwargs(self) -> dict:
+        return self.recipe.model_kwargs({"classes": list(self.classes)}, self.config.width)
+
+    def build_model(self) -> torch.nn.Module:
+        return models.build(self.recipe.model, **self.model_kwargs())
+
+    def to_json(self) -> str:
+        raw = {**self.__dict__, "config": self.config.model_dump()}
+        raw.pop("recipe", None), raw.pop("phases", None)  # cached properties
+        return json.dumps(raw)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Job":
+        raw = json.loads(text)
+        return cls(**{**raw, "config": TrainConfig(**raw["config"]), "classes": tuple(raw["classes"]),
+                      "variants": tuple(raw.get("variants", ()))})
+
+
+# --- process group ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device_pref: str = "auto") -> Dist:
+    """Join the process group torchrun (or Ray Train) described in the environment."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, local_rank, device)
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def default_workers(d: Dist) -> int:
+    """DataLoader workers per process when the config leaves it open: on a GPU node the decode
+    needs every core the node has; on CPU, where the ranks themselves use the cores, one worker
+    beside each rank keeps decoding off the compute thread (see bench/mnist_train.py)."""
+    if d.device.type == "cuda":
+        return max(1, min(8, (os.cpu_count() or 1) // max(1, torch.cuda.device_count())))
+    return 1
+
+
+# --- checkpoints -----------------------------------------------------------------------------
+
+
+def save_checkpoint(url: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    storage.write_bytes(url, buffer.getvalue())  # temp + rename, or a single PUT
+
+
+def load_checkpoint(url: str, map_location="cpu") -> dict | None:
+    if not storage.exists(url):
+        return None
+    return torch.load(io.BytesIO(storage.read_bytes(url)), map_location=map_location, weights_only=True)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+def autocast(d: Dist):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if d.device.type == "cuda" else nullcontext()
+
+
+def make_loader(job: Job, phase: Phase, split: str, d: Dist, train: bool) -> tuple[ShardStream, DataLoader]:
+    cfg, recipe = job.config, job.recipe
+    accum = cfg.grad_accum if train else 1
+    global_batch = phase.batch_size
+    per_rank = global_batch // (d.world_size * accum)
+    if per_rank < 1 or per_rank * d.world_size * accum != global_batch:
+        raise ValueError(f"batch size {global_batch} does not split into {d.world_size} ranks × "
+                         f"{accum} accumulation steps")
+    stream = ShardStream(shards_of(job.data_url(phase), split), recipe.decoder(phase, train), rank=d.rank,
+                         world_size=d.world_size, seed=cfg.seed, shuffle=train,
+                         policy="pad" if train else "exact")
+    workers = default_workers(d) if cfg.num_workers is None else cfg.num_workers
+    loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=recipe.collate(phase, train),
+                        pin_memory=d.device.type == "cuda", persistent_workers=False)
+    return stream, loader
+
+
+def prepare_inputs(inputs: tuple, d: Dist) -> tuple:
+    if d.device.type != "cuda":
+        return inputs
+    return tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
+
+
+@dataclass
+class Trainer:
+    """The state one rank trains with; ``fit`` runs the remaining epochs."""
+
+    job: Job
+    d: Dist
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    loss_fn: object
+    history: list = field(default_factory=list)
+    best: float | None = None
+    global_step: int = 0  # optimizer steps since the run began (MLflow's step for per-step metrics)
+    logger: MetricLogger | None = None
+
+    def set_lr(self, t: float, phase: Phase) -> float:
+        job = self.job
+        lr = job.recipe.base_lr(phase.batch_size, job.config.lr) * self.schedule.factor(t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_one_epoch(self, loader: DataLoader, phase: Phase, epoch: int) -> dict:
+        job, d, model = self.job, self.d, self.ddp
+        model.train()
+        recipe, accum = job.recipe, job.config.grad_accum
+        total_loss = torch.zeros((), device=d.device)
+        seen, steps, start = 0, 0, time.perf_counter()
+        total_steps = len(loader.dataset) // (loader.batch_size * accum)
+        if job.config.max_steps_per_epoch:
+            total_steps = min(total_steps, job.config.max_steps_per_epoch)
+        progress_every = max(1, total_steps // 10)
+        lr = self.set_lr(epoch, phase)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(loader):
+            inputs, targets = recipe.to_device(batch, d.device)
+            inputs = prepare_inputs(inputs, d)
+            last_micro = (i + 1) % accum == 0
+            # Gradients are all-reduced only on the micro-batch that ends an accumulation window.
+            sync = nullcontext() if last_micro or not isinstance(model, DistributedDataParallel) else model.no_sync()
+            with sync:
+                with autocast(d):
+                    outputs = model(*inputs)
+                loss = self.loss_fn(floats(outputs), targets)
+                (loss / accum).backward()
+            n = batch_size_of(inputs)
+            total_loss += loss.detach() * n
+            seen += n
+            if not last_micro:
+                continue
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            steps += 1
+            self.global_step += 1
+            if d.is_main and steps % progress_every == 0:
+                print(json.dumps({"event": "progress", "epoch": epoch, "step": steps, "steps": total_steps,
+                                  "loss": loss.item(), "lr": lr}), flush=True)
+                if self.logger:
+                    self.logger.log_step({"train/lr_step": lr}, self.global_step)
+            if job.config.max_steps_per_epoch and steps >= job.config.max_steps_per_epoch:
+                break
+            lr = self.set_lr(epoch + steps / max(total_steps, 1), phase)
+        stats = torch.tensor([total_loss.item(), seen], dtype=torch.float64)
+        if d.world_size > 1:
+            dist.all_reduce(stats)
+        elapsed = time.perf_counter() - start
+        return {"train/loss": stats[0].item() / max(stats[1].item(), 1), "train/lr": lr,
+                "perf/images_per_s": stats[1].item() / elapsed, "perf/epoch_s": elapsed}
+
+    def validate(self, loader: DataLoader) -> dict:
+        # The bare module: evaluation needs no gradient sync, and ranks may hold one sample
+        # more or less here.
+        evaluator = self.job.recipe.evaluator(EvalContext(self.job.classes, self.d.device))
+        metrics = run_evaluation(self.model, loader, self.job.recipe, evaluator, self.loss_fn,
+                                 self.d.device, lambda: autocast(self.d))
+        return {f"val/{k}": v for k, v in metrics.items()}
+
+    def fit(self, start_epoch: int) -> None:
+        job, d = self.job, self.d
+        loaders: dict[Phase, tuple] = {}
+        for epoch in range(start_epoch, job.epochs):
+            phase = job.sized(job.phase(epoch))
+            if phase not in loaders:  # a new phase: new size, batch or variant
+                loaders = {phase: (make_loader(job, phase, job.recipe.train_split, d, train=True),
+                                   make_loader(job, phase, job.recipe.val_split, d, train=False))}
+            (stream, train_loader), (_, val_loader) = loaders[phase]
+            stream.set_epoch(epoch)
+            metrics = {**self.train_one_epoch(train_loader, phase, epoch), **self.validate(val_loader),
+                       "train/image_size": float(phase.image_size or 0), "train/batch_size": float(phase.batch_size),
+                       "epoch": epoch}
+            decayed = self.schedule.end_epoch(epoch, metrics)
+            metrics["train/lr_decays"] = float(self.schedule.state_dict().get("decays", 0))
+            self.history.append(metrics)
+            if d.is_main:
+                self.checkpoint(epoch, metrics, decayed)
+
+    def checkpoint(self, epoch: int, metrics: dict, decayed: bool) -> None:
+        job = self.job
+        selected = metrics.get(f"val/{job.recipe.select}")
+        improved = selected is not None and is_better(selected, self.best, job.recipe.select_mode)
+        if improved:
+            self.best = selected
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "epoch": epoch, "history": self.history,
+                 "best": self.best, "global_step": self.global_step, "job": job.to_json()}
+        save_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT), state)
+        if improved:
+            save_checkpoint(storage.join(job.checkpoint_dir, BEST), {"model": state["model"], "epoch": epoch,
+                                                                     "metric": selected, "job": state["job"]})
+        if self.logger:
+            self.logger.log_epoch(metrics, epoch)
+        print(json.dumps({"event": "epoch", **metrics, "lr_decayed": decayed, "best": improved}), flush=True)
+
+
+def build_trainer(job: Job, d: Dist) -> tuple[Trainer, int]:
+    """The model, optimizer and schedule, restored from the last checkpoint if there is one;
+    returns the trainer and the first epoch still to run."""
+    torch.manual_seed(job.config.seed)
+    model = job.build_model().to(d.device)
+    if d.device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    recipe = job.recipe
+    optimizer = recipe.optimizer.build(model, job.config.lr or recipe.lr)
+    schedule = LRSchedule(recipe.schedule.scaled(job.stretch), job.epochs)
+    trainer = Trainer(job, d, model, model, optimizer, schedule, recipe.loss(d.device))
+    state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT), map_location=d.device)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, trainer.history, trainer.best = state["epoch"] + 1, state["history"], state["best"]
+        trainer.global_step = state["global_step"]
+    if d.world_size > 1:
+        trainer.ddp = DistributedDataParallel(model)
+    return trainer, start_epoch
+
+
+def run(job: Job) -> dict:
+    """Train until ``job.epochs`` are done, resuming from the last checkpoint; returns the last
+    epoch's metrics. Called in every rank."""
+    d = setup(job.config.device)
+    try:
+        trainer, start_epoch = build_trainer(job, d)
+        if d.is_main:
+            trainer.logger = MetricLogger.for_job(job)
+        trainer.fit(start_epoch)
+        return trainer.history[-1] if trainer.history else {}
+    finally:
+        cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--job", required=True, help="job JSON written by the train task")
+    args = parser.parse_args(argv)
+    with open(args.job) as f:
+        run(Job.from_json(f.read()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Launch the training engine under torchrun, as a subprocess of a Prefect task.
+
+The task never joins a process group itself: it resolves the job, makes (or finds again) the
+MLflow run, and starts ``torchrun … -m tasks.engine``. A retry launches the same job, which
+resumes from the last checkpoint, so a retry is never a restart from step 0.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from prefect import get_run_logger, task
+
+from tasks.data import shards, storage
+from tasks.track import tracking
+from tasks.errors import Transient, retry_unless_bad_input
+from tasks import catalog
+from tasks.config import TrainConfig
+from tasks.train.engine import BEST, CHECKPOINT, Job, load_checkpoint
+from tasks.train.recipe import resolve
+
+RUN_RECORD = "run.json"
+
+
+class TrainingError(Transient):
+    pass
+
+
+def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
+    """Resolve defaults and the MLflow run. A run directory that already has a run record keeps
+    its MLflow run, so a resumed training logs into the run it started."""
+    manifest = shards.read_manifest(cfg.data)
+    ref = catalog.reference(cfg.recipe)
+    recipe = resolve(ref)
+    checkpoint_dir = cfg.checkpoint_dir or str(Path(home) / "runs" / cfg.run_name)
+    record_url = storage.join(checkpoint_dir, RUN_RECORD)
+    experiment = cfg.experiment or recipe.experiment
+    if storage.exists(record_url):
+        record = json.loads(storage.read_bytes(record_url))
+        _check_same_run(cfg, TrainConfig(**record["config"]), checkpoint_dir)
+        run_id = record["mlflow_run_id"]
+        tracking.client(uri).update_run(run_id, status="RUNNING")  # resumed: it runs again
+    else:
+        params = tracking.flatten(cfg)
+        params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
+                       "experiment": experiment,
+                       **{f"data.{split}_samples": str(s["samples"]) for split, s in manifest["splits"].items()}})
+        tags = {"dataset.url": cfg.data, "dataset.manifest_sha256": shards.manifest_checksum(manifest),
+                "visionflow.checkpoint_dir": checkpoint_dir, "visionflow.recipe": cfg.recipe,
+                "visionflow.select": f"val/{recipe.select}"}
+        run_id = tracking.start_run(uri, experiment, home, cfg.run_name, params, tags)
+        tracking.log_dataset(uri, run_id, cfg.data, manifest)
+        storage.write_bytes(record_url, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri,
+                                                    "config": cfg.model_dump()}).encode())
+    variants = tuple(v for v in variant_names(recipe) if storage.exists(storage.join(f"{cfg.data.rstrip('/')}-{v}",
+                                                                                      "manifest.json")))
+    return Job(cfg, checkpoint_dir, ref, tuple(manifest["classes"]), uri, run_id, variants)
+
+
+def variant_names(recipe) -> list[str]:
+    return sorted({p.variant for p in recipe.phases if p.variant})
+
+
+# What may change when a run is resumed: its length and where and how wide it runs.
+RESUMABLE_CHANGES = {"epochs", "nproc", "nnodes", "rdzv_endpoint", "device", "num_workers",
+                     "max_steps_per_epoch", "checkpoint_dir", "gpu_decode"}
+
+
+def _check_same_run(new: TrainConfig, old: TrainConfig, checkpoint_dir: str) -> None:
+    changed = {k for k, v in new.model_dump().items() if v != getattr(old, k)} - RESUMABLE_CHANGES
+    if changed:
+        detail = ", ".join(f"{k} {getattr(old, k)!r} → {getattr(new, k)!r}" for k in sorted(changed))
+        raise TrainingError(f"{checkpoint_dir} holds run {old.run_name!r} started with other parameters "
+                            f"({detail}); resume it unchanged or choose another --run-name")
+
+
+def torchrun_command(job: Job, job_file: Path) -> list[str]:
+    cfg = job.config
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={cfg.nproc}"]
+    if cfg.nnodes > 1:
+        if not cfg.rdzv_endpoint:
+            raise TrainingError(f"nnodes={cfg.nnodes} needs rdzv_endpoint (host:port of node 0)")
+        cmd += [f"--nnodes={cfg.nnodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={cfg.rdzv_endpoint}",
+                f"--rdzv-id={cfg.run_name}"]
+    else:
+        cmd += ["--standalone"]
+    return cmd + ["-m", "tasks.train.engine", "--job", str(job_file)]
+
+
+def launch(job: Job, log=print) -> dict:
+    """Run the job to completion; returns the last epoch's metrics from the checkpoint."""
+    return run_to_end(job, log)["history"][-1]
+
+
+def run_to_end(job: Job, log=print) -> dict:
+    """Run the job to completion under torchrun; returns the final checkpoint (read once)."""
+    with tempfile.TemporaryDirectory(prefix="vf-job-") as tmp:
+        job_file = Path(tmp, "job.json")
+        job_file.write_text(job.to_json())
+        cmd = torchrun_command(job, job_file)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                cwd=Path(__file__).resolve().parent.parent)
+        output: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            output = (output + [line])[-400:]
+            if line.startswith('{"event": "epoch"'):
+                log(_epoch_line(json.loads(line), job))
+            elif line.startswith('{"event": "progress"'):
+                event = json.loads(line)
+                log(f"  step {event['step']}/{event['steps']}  loss {event['loss']:.4f}")
+        if proc.wait() != 0:
+            raise TrainingError(f"training exited with code {proc.returncode}; {_rank_failure(output)}")
+    state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
+    if state is None:
+        raise TrainingError(f"{job.checkpoint_dir}: training finished without a checkpoint")
+    return state
+
+
+def _rank_failure(lines: list[str], limit: int = 40) -> str:
+    """The first failing rank's own error (torchrun prefixes its lines with ``[rankN]:``), then
+    its traceback; torchrun's report about the failure says nothing more."""
+    for i, line in enumerate(lines):
+        match = re.match(r"^(\[rank(\d+)\]): Traceback", line)
+        if match:
+            prefix = match.group(1)
+            trace = [l[len(prefix) + 2:] for l in lines[i:] if l.startswith(prefix + ":")]
+            return f"rank {match.group(2)} failed: {trace[-1]}\n" + "\n".join(trace[-limit:])
+    return "\n".join(lines[-limit:])
+
+
+def _epoch_line(m: dict, job: Job) -> str:
+    select = job.recipe.select
+    size = f"  {m['train/image_size']:.0f}px" if m.get("train/image_size") else ""
+    return (f"epoch {m['epoch'] + 1}/{job.epochs}: loss {m['train/loss']:.4f}  val {select} {m[f'val/{select}']:.4f}"
+            f"  lr {m['train/lr']:.3g}{size}  batch {m['train/batch_size']:.0f}"
+            f"  {m['perf/images_per_s']:.0f} img/s  ({m['perf/epoch_s']:.0f} s)"
+            + ("  LR decayed" if m.get("lr_decayed") else ""))
+
+
+def log_model(job: Job, state: dict) -> None:
+    """Log the run's best network (else its last) to the run as an MLflow PyTorch model and
+    register it as ``<experiment>-<recipe>``, once per trained state. ``state`` is the final
+    checkpoint; ``models:/<name>@latest`` then resolves to this version."""
+    import mlflow
+    import mlflow.pytorch
+
+    best = load_checkpoint(storage.join(job.checkpoint_dir, BEST)) or state
+    epoch = str(state["epoch"])
+    client = tracking.client(job.tracking_uri)
+    experiment_id = client.get_run(job.mlflow_run_id).info.experiment_id
+    if any(m.source_run_id == job.mlflow_run_id and m.tags.get("visionflow.epoch") == epoch
+           for m in client.search_logged_models(experiment_ids=[experiment_id])):
+        client.set_terminated(job.mlflow_run_id)  # a re-run of a finished run: already logged
+        return
+    model = job.build_model()
+    model.load_state_dict(best["model"])
+    example = tuple(x.numpy() for x in job.recipe.example_input(job.model_kwargs(), job.sized(job.phase(best["epoch"]))))
+    experiment = client.get_experiment(experiment_id).name
+    mlflow.set_tracking_uri(job.tracking_uri)
+    with mlflow.start_run(run_id=job.mlflow_run_id):
+        # MLflow 3 stores a torch.export graph (no pickle), traced on an example input (batch 2:
+        # keep it dynamic); explicit requirements, as inferring them would re-import the world.
+        mlflow.pytorch.log_model(model.eval(), name="model", input_example=example[0] if len(example) == 1 else example,
+                                 pip_requirements=["torch", "torchvision", "visionflow"],
+                                 registered_model_name=f"{experiment}-{job.config.recipe}",
+                                 tags={"visionflow.epoch": epoch, "visionflow.best_epoch": str(best["epoch"])})
+
+
+@task(name="train", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
+def train_task(cfg: TrainConfig, home: Path, uri: str) -> dict:
+    logger = get_run_logger()
+    job = prepare(cfg, home, uri)
+    logger.info("training %s on %s (%d × %s), checkpoints in %s, MLflow run %s", cfg.recipe, cfg.data,
+                cfg.nproc * cfg.nnodes, cfg.device, job.checkpoint_dir, job.mlflow_run_id)
+    try:
+        state = run_to_end(job, logger.info)
+        log_model(job, state)  # its MLflow run context closes the run as FINISHED
+    except BaseException:
+        tracking.client(uri).set_terminated(job.mlflow_run_id, status="FAILED")
+        raise
+    return {"checkpoint_dir": job.checkpoint_dir, "mlflow_run_id": job.mlflow_run_id,
+            "select": f"val/{job.recipe.select}", **state["history"][-1]}

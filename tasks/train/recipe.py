@@ -1,0 +1,130 @@
+"""The recipe protocol: everything the one training engine needs to know about an experiment.
+
+A recipe is a table of its paper's hyper-parameters plus a few functions: which model, how a
+shard sample becomes tensors, how a batch becomes model inputs and targets, the loss, the
+evaluator, the optimizer, the LR schedule and its phases. The engine does everything else (DDP,
+AMP, channels_last, accumulation, checkpoints, resume, logging). Three shapes fit:
+
+- classification: ``inputs = (images,)``, ``targets = labels``, cross-entropy, top-k;
+- dense maps (RF-Pose): ``inputs = (horizontal, vertical)`` 5-D clips, ``targets`` confidence
+  maps, per-pixel BCE, AP over OKS from decoded keypoints;
+- inpainting (PConv): ``inputs = (image, mask)``, ``targets`` the clean image, a five-term loss
+  built once per process with its frozen VGG, PSNR / SSIM.
+
+Recipes live in the experiment packages (``tasks/<experiment>/recipes.py``) and are listed by
+name in ``tasks/catalog.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Protocol
+
+import torch
+from torch import nn
+
+from tasks.train.schedules import Phase, Schedule
+
+Sample = tuple  # what a decoder returns for one shard sample, e.g. (uint8 image, label)
+Batch = Any  # what the DataLoader's collate makes of a list of samples
+
+
+@dataclass(frozen=True)
+class EvalContext:
+    """What an evaluator is built with."""
+
+    classes: tuple[str, ...]  # the manifest's class names (empty where there are none)
+    device: torch.device
+    detailed: bool = False  # the evaluate flow: per-class numbers and pictures too
+
+
+class Evaluator(Protocol):
+    """Accumulates over a split; ``compute`` reduces across DDP ranks (every rank calls it)."""
+
+    def update(self, outputs: Any, targets: Any, inputs: tuple) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...  # names without the split prefix: "top1", "ap"
+
+    def artifacts(self) -> dict[str, bytes]: ...  # plots and tables, by file name (rank 0)
+
+
+@dataclass(frozen=True)
+class Optimizer:
+    """The optimizer as data: SGD (with momentum, optionally Nesterov), Adam or AdamW."""
+
+    kind: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    no_decay_bn_bias: bool = False  # Goyal et al. / DAWNBench: no weight decay on BN and biases
+
+    def build(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+        groups = param_groups(model, self.weight_decay, self.no_decay_bn_bias)
+        if self.kind == "sgd":
+            return torch.optim.SGD(groups, lr=lr, momentum=self.momentum, nesterov=self.nesterov)
+        if self.kind == "adam":
+            return torch.optim.Adam(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr)
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
+    """One group with ``weight_decay``, and (where asked) one without for BN parameters and
+    biases: every 1-D parameter is one of those."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not no_decay_bn_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    experiment: str  # MLflow experiment and registry prefix: "<experiment>-<recipe>"
+    model: str  # a models registry name
+    # (manifest, width) → builder kwargs, e.g. num_classes from the manifest's classes
+    model_kwargs: Callable[[dict, float], dict]
+    # (phase, train) → a picklable shard-sample decoder (runs in DataLoader workers)
+    decoder: Callable[[Phase, bool], Callable[[dict], Sample]]
+    # (collated batch, device) → (model inputs tuple, targets), on the device; normalise here
+    to_device: Callable[[Batch, torch.device], tuple[tuple, Any]]
+    # device → loss(outputs, targets); a factory so a loss with a network (PConv's VGG) is built once
+    loss: Callable[[torch.device], Callable[[Any, Any], torch.Tensor]]
+    evaluator: Callable[[EvalContext], Evaluator]
+    # model kwargs → one example input tuple (batch 2), for the logged model's signature
+    example_input: Callable[[dict, Phase], tuple[torch.Tensor, ...]]
+    optimizer: Optimizer
+    lr: float  # peak LR at lr_batch
+    epochs: int
+    batch_size: int  # global
+    schedule: Schedule = Schedule()
+    phases: tuple[Phase, ...] = (Phase(0),)
+    lr_batch: int | None = None  # LR is given for this global batch and scales linearly with it
+    select: str = "top1"  # the evaluator metric that picks the best checkpoint
+    select_mode: Literal["max", "min"] = "max"
+    train_split: str = "train"
+    val_split: str = "val"
+    # (phase, train) → a DataLoader collate_fn, or None for torch's default
+    collate: Callable[[Phase, bool], Callable | None] = field(default=lambda phase, train: None)
+
+    def base_lr(self, global_batch: int, lr: float | None = None) -> float:
+        """The peak LR for a global batch: linear scaling (Goyal et al.) where the recipe says so."""
+        peak = lr or self.lr
+        return peak * global_batch / self.lr_batch if self.lr_batch else peak
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def resolve(ref: str) -> Recipe:
+    """``"package.module:ATTR"`` → the recipe object (imported where the job runs)."""
+    import importlib
+
+    module, _, attribute = ref.partition(":")
+    recipe = getattr(importlib.import_module(module), attribute)
+    if not isinstance(recipe, Recipe):
+        raise TypeError(f"{ref} is a {type(recipe).__name__}, not a Recipe")
+    return recipe
