@@ -25,8 +25,9 @@ import models
 from tasks.mnist import idx as mnist
 from tasks.data import shards
 from tasks.config import TrainConfig
+from tasks import catalog
 from tasks.train.engine import Job
-from tasks.train.recipe import MNIST_MEAN, MNIST_STD
+from tasks.mnist.recipes import MNIST_MEAN, MNIST_STD
 from tasks.train.launch import launch
 
 
@@ -68,8 +69,8 @@ def plain_loop(source: Path, scratch: Path, epochs: int) -> tuple[float, float]:
 def visionflow_engine(source: Path, scratch: Path, epochs: int, nproc: int) -> tuple[float, dict]:
     url = shards.dataset_url(str(scratch / "datasets"), "fashion-mnist", "v1")
     mnist.ingest(source, url, "fashion-mnist", "v1", shard_size=10_000)  # not timed: done once
-    job = Job(TrainConfig(data=url, epochs=epochs, nproc=nproc, run_name="bench"),
-              str(scratch / "ckpt"), num_classes=10)
+    cfg = TrainConfig(data=url, epochs=epochs, nproc=nproc, run_name="bench")
+    job = Job(cfg, str(scratch / "ckpt"), catalog.reference(cfg.recipe), classes=tuple(map(str, range(10))))
     start = time.perf_counter()
     metrics = launch(job, log=lambda line: print("   ", line))
     return time.perf_counter() - start, metrics

@@ -152,10 +152,15 @@ def odd_files(photo, rng: random.Random) -> list[tuple[str, bytes, str | None]]:
 def make_tree(root: Path, *, classes: int = 4, train_per_class: int = 8, val_per_class: int = 2,
               val_layout: Literal["flat", "folder"] = "flat",
               labels: Literal["csv", "devkit"] = "csv", odd: bool = True, seed: int = 0,
-              photos: list | None = None) -> Tree:
+              photos: list | None = None, photos_per_class: int | None = None) -> Tree:
     """Write ``root/train/<wnid>/*.JPEG``, ``root/val/…`` and the label files; returns what a
     correct ingest must find. Odd files go to the first class of train; with ``odd`` the
-    last val image is truncated."""
+    last val image is truncated.
+
+    By default every image is a crop of any photograph, so labels carry no signal (enough for
+    ingest tests). With ``photos_per_class=k`` class i is cut from its own k photographs only
+    (disjoint between classes; train and val are different crops of them), so a classifier can
+    learn it: what the CPU-sized training runs use."""
     rng = random.Random(seed)
     photos = photos if photos is not None else load_photos(find_photos())
     synsets = SYNSETS[:classes]
@@ -171,12 +176,17 @@ def make_tree(root: Path, *, classes: int = 4, train_per_class: int = 8, val_per
         if reason:
             tree.expected_rejects[rel] = reason
 
-    def photo_jpeg() -> bytes:
-        return jpeg_bytes(cut(rng.choice(photos), imagenet_size(rng), rng), rng.randint(75, 95))
+    if photos_per_class and photos_per_class * classes > len(photos):
+        raise ValueError(f"{classes} classes × {photos_per_class} photographs need {photos_per_class * classes}; "
+                         f"{len(photos)} found")
 
-    for wnid, _ in synsets:
+    def photo_jpeg(c: int) -> bytes:
+        pool = photos[c * photos_per_class:(c + 1) * photos_per_class] if photos_per_class else photos
+        return jpeg_bytes(cut(rng.choice(pool), imagenet_size(rng), rng), rng.randint(75, 95))
+
+    for c, (wnid, _) in enumerate(synsets):
         for i in range(train_per_class):
-            write(f"train/{wnid}/{wnid}_{1000 + i}.JPEG", photo_jpeg())
+            write(f"train/{wnid}/{wnid}_{1000 + i}.JPEG", photo_jpeg(c))
     if odd:
         for name, data, reason in odd_files(photos[0], rng):
             write(f"train/{synsets[0][0]}/{name}", data, reason)
@@ -186,7 +196,8 @@ def make_tree(root: Path, *, classes: int = 4, train_per_class: int = 8, val_per
     for n, (stem, wnid) in enumerate(val, start=1):
         folder = f"val/{wnid}" if val_layout == "folder" else "val"
         truncated = odd and n == count  # the last one: cut off after 300 bytes
-        write(f"{folder}/{stem}.JPEG", photo_jpeg()[:300] if truncated else photo_jpeg(),
+        image = photo_jpeg((n - 1) % classes)
+        write(f"{folder}/{stem}.JPEG", image[:300] if truncated else image,
               "truncated" if truncated else None)
     if val_layout == "flat":
         write_labels(tree.root, val, labels)
@@ -214,3 +225,27 @@ def write_labels(root: Path, val: list[tuple[str, str]], labels: Literal["csv", 
     # One ILSVRC2012_ID per line, for val images 1, 2, … in order.
     (data / "ILSVRC2012_validation_ground_truth.txt").write_text(
         "".join(f"{DEVKIT_IDS[wnid]}\n" for _, wnid in val))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tasks.imagenet.ilsvrc_sample OUT --classes 10 --photos-per-class 1``: a
+    learnable tree of real photographs for a CPU-sized ``visionflow pipeline imagenet``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--train-per-class", type=int, default=200)
+    parser.add_argument("--val-per-class", type=int, default=50)
+    parser.add_argument("--photos-per-class", type=int, default=1)
+    parser.add_argument("--odd", action="store_true", help="add the awkward files (rejected by the ingest)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    tree = make_tree(args.out, classes=args.classes, train_per_class=args.train_per_class,
+                     val_per_class=args.val_per_class, odd=args.odd, seed=args.seed,
+                     photos_per_class=args.photos_per_class, val_layout="folder")
+    print(f"{tree.root}: {tree.images}")
+
+
+if __name__ == "__main__":
+    main()

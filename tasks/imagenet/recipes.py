@@ -25,7 +25,7 @@ import torch
 from models.width import scale
 from tasks.classify.recipe import CrossEntropy, ImagesToDevice, evaluator, num_classes
 from tasks.data.reader import decode_class
-from tasks.imagenet.transforms import EvalPreset, TrainPreset, rect_collate
+from tasks.imagenet.transforms import EvalPreset, TrainPreset, decode_jpeg, rect_collate, resize_shorter
 from tasks.train.recipe import Optimizer, Recipe
 from tasks.train.schedules import Phase, Schedule
 
@@ -76,8 +76,18 @@ class RandomResizedCropData:
             return Decode(TrainPreset(size, min_scale=phase.min_scale or 0.08), True)
         if phase.rect_val:
             # fast.ai: validate on the shorter side, each batch cropped to its mean aspect ratio
-            return Decode(EvalPreset(phase.val_size or size, resize=phase.val_size or size, crop=False), False)
+            return Decode(ShorterSide(phase.val_size or size), False)
         return Decode(eval_preset(phase, self.crop_ratio), False)
+
+
+@dataclass(frozen=True)
+class ShorterSide:
+    """Shorter side to ``size``, aspect kept: rectangular validation crops per batch."""
+
+    size: int
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        return resize_shorter(decode_jpeg(data), self.size)
 
 
 def rect_val_collate(phase: Phase, train: bool):

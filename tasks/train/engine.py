@@ -20,7 +20,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -72,7 +72,12 @@ class Job:
 
     @cached_property
     def phases(self) -> tuple[Phase, ...]:
-        return scale_phases(self.recipe.phases, self.stretch)
+        """The recipe's phases at this run's length: start epochs scaled and rounded, and a phase
+        the recipe runs (DAWNBench's one 288 px epoch) kept inside the run, if only for its last
+        epoch."""
+        scaled = scale_phases(self.recipe.phases, self.stretch)
+        last = self.epochs - 1
+        return scale_phases(tuple(replace(p, start_epoch=min(p.start_epoch, last)) for p in scaled), 1.0)
 
     def phase(self, epoch: int) -> Phase:
         return phase_at(self.phases, epoch)
@@ -88,8 +93,6 @@ class Job:
 
     def sized(self, phase: Phase) -> Phase:
         """The phase as this run trains it: sizes scaled, a variant kept only if it was ingested."""
-        from dataclasses import replace
-
         return replace(phase, image_size=self.image_size(phase.image_size),
                        val_size=self.image_size(phase.val_size),
                        variant=phase.variant if phase.variant in self.variants else None,
@@ -297,7 +300,7 @@ class Trainer:
             stream.set_epoch(epoch)
             metrics = {**self.train_one_epoch(train_loader, phase, epoch), **self.validate(val_loader),
                        "train/image_size": float(phase.image_size or 0), "train/batch_size": float(phase.batch_size),
-                       "epoch": epoch}
+                       "epoch": epoch, "data": job.data_url(phase)}
             decayed = self.schedule.end_epoch(epoch, metrics)
             metrics["train/lr_decays"] = float(self.schedule.state_dict().get("decays", 0))
             self.history.append(metrics)

@@ -55,7 +55,9 @@ def floats(outputs: Any) -> Any:
 @torch.no_grad()
 def run_evaluation(model: torch.nn.Module, batches: Iterable, recipe: Recipe, evaluator: Evaluator,
                    loss_fn: Callable, device: torch.device, autocast=nullcontext) -> dict[str, float]:
-    """Loss and the evaluator's metrics over a split (every rank calls it; each sample once)."""
+    """Loss and the evaluator's metrics over a split (every rank calls it; each sample once).
+    The loss is the batch losses weighted by batch size: exact for a loss that is a mean over
+    samples, batching-dependent for one that is not (PConv's Gram-matrix style terms)."""
     model.eval()
     loss_sum = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in batches:
