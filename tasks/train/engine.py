@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -33,9 +34,9 @@ from tasks.config import TrainConfig
 from tasks.data import storage
 from tasks.data.reader import ShardStream, shards_of
 from tasks.train.evaluator import batch_size_of, floats, run_evaluation
-from tasks.train.metrics_log import MetricLogger
+from tasks.train.metrics_log import MetricLogger, system_metrics
 from tasks.train.recipe import EvalContext, Recipe, is_better, resolve
-from tasks.train.schedules import LRSchedule, Phase, phase_at, scale_phases
+from tasks.train.schedules import LRSchedule, Phase, Schedule, phase_at, scale_phases
 
 CHECKPOINT = "last.pt"
 BEST = "best.pt"
@@ -78,6 +79,15 @@ class Job:
         scaled = scale_phases(self.recipe.phases, self.stretch)
         last = self.epochs - 1
         return scale_phases(tuple(replace(p, start_epoch=min(p.start_epoch, last)) for p in scaled), 1.0)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The recipe's LR schedule at this run's length; a piecewise one's knots rounded to
+        whole epochs as the phases are, so an LR jump lands where the batch size changes."""
+        schedule = self.recipe.schedule.scaled(self.stretch)
+        if schedule.kind != "piecewise":
+            return schedule
+        return replace(schedule, knots=tuple((float(math.floor(e + 0.5)), f) for e, f in schedule.knots))
 
     def phase(self, epoch: int) -> Phase:
         return phase_at(self.phases, epoch)
@@ -243,7 +253,7 @@ class Trainer:
         if job.config.max_steps_per_epoch:
             total_steps = min(total_steps, job.config.max_steps_per_epoch)
         progress_every = max(1, total_steps // 10)
-        lr = self.set_lr(epoch, phase)
+        lr = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(loader):
             inputs, targets = recipe.to_device(batch, d.device)
@@ -261,6 +271,7 @@ class Trainer:
             seen += n
             if not last_micro:
                 continue
+            lr = self.set_lr(epoch + steps / max(total_steps, 1), phase)  # per step, from the epoch fraction
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             steps += 1
@@ -272,7 +283,6 @@ class Trainer:
                     self.logger.log_step({"train/lr_step": lr}, self.global_step)
             if job.config.max_steps_per_epoch and steps >= job.config.max_steps_per_epoch:
                 break
-            lr = self.set_lr(epoch + steps / max(total_steps, 1), phase)
         stats = torch.tensor([total_loss.item(), seen], dtype=torch.float64)
         if d.world_size > 1:
             dist.all_reduce(stats)
@@ -334,7 +344,7 @@ def build_trainer(job: Job, d: Dist) -> tuple[Trainer, int]:
         model = model.to(memory_format=torch.channels_last)
     recipe = job.recipe
     optimizer = recipe.optimizer.build(model, job.config.lr or recipe.lr)
-    schedule = LRSchedule(recipe.schedule.scaled(job.stretch), job.epochs)
+    schedule = LRSchedule(job.schedule, job.epochs)
     trainer = Trainer(job, d, model, model, optimizer, schedule, recipe.loss(d.device))
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT), map_location=d.device)
     start_epoch = 0
@@ -357,7 +367,9 @@ def run(job: Job) -> dict:
         trainer, start_epoch = build_trainer(job, d)
         if d.is_main:
             trainer.logger = MetricLogger.for_job(job)
-        trainer.fit(start_epoch)
+        node = int(os.environ.get("GROUP_RANK", 0))
+        with system_metrics(job, node, on_gpu=d.device.type == "cuda" and d.local_rank == 0):
+            trainer.fit(start_epoch)
         return trainer.history[-1] if trainer.history else {}
     finally:
         cleanup()

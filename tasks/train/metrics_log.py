@@ -3,8 +3,10 @@ optimizer step. Absent when the job has no MLflow run."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from contextlib import contextmanager
 
 SKIP = {"epoch"}
 
@@ -33,3 +35,28 @@ class MetricLogger:
                  if k not in SKIP and isinstance(v, (int, float)) and math.isfinite(float(v))]
         for i in range(0, len(batch), 1000):  # MLflow takes at most 1,000 metrics per batch
             self.client.log_batch(self.run_id, metrics=batch[i: i + 1000])
+
+
+@contextmanager
+def system_metrics(job, node: int, on_gpu: bool):
+    """MLflow's system metrics (GPU, CPU, memory, network) for one node's training, logged by
+    its local rank 0 as ``system/node<N>/…``; on GPU nodes only (a CPU run's numbers are the
+    laptop's). Needs ``psutil`` and ``nvidia-ml-py`` (``pip install 'visionflow[gpu]'``)."""
+    if not (on_gpu and job.mlflow_run_id):
+        yield
+        return
+    try:
+        import psutil  # noqa: F401
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError as exc:
+        print(json.dumps({"event": "note", "text": f"system metrics off: {exc} (pip install 'visionflow[gpu]')"}),
+              flush=True)
+        yield
+        return
+    monitor = SystemMetricsMonitor(job.mlflow_run_id, resume_logging=True, node_id=f"node{node}",
+                                   tracking_uri=job.tracking_uri)
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()

@@ -25,7 +25,7 @@ from tasks.imagenet.ingest import ImagenetError
 from tasks.data.imaging import Rejected, Transform
 from tasks.data.reader import read_shard
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

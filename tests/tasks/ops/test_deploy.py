@@ -12,7 +12,7 @@ import pytest
 from tasks.ops import deploy
 from tasks.ops.deploy import DeployError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PREFECT_FILE = REPO / "infra" / "prefect.yaml"
 LOCAL = "visionflow-local"
 
@@ -30,15 +30,19 @@ def test_one_deployment_per_flow_on_the_local_pool(specs):
         "evaluate": "flows/evaluate.py:evaluate",
         "imagenet-ingest": "flows/imagenet.py:imagenet_ingest",
         "train-gpu": "flows/train.py:train",
+        "imagenet-pipeline": "flows/imagenet.py:imagenet_pipeline",
+        "imagenet-pipeline-gpu": "flows/imagenet.py:imagenet_pipeline",
     }
-    assert {s.pool for name, s in specs.items() if name != "train-gpu"} == {LOCAL}
-    assert specs["train-gpu"].pool == "visionflow-k8s-gpu"
-    assert specs["train-gpu"].env_vars == ("VISIONFLOW_IMAGE",)
+    gpu = {"train-gpu", "imagenet-pipeline-gpu"}
+    assert {s.pool for name, s in specs.items() if name not in gpu} == {LOCAL}
+    for name in gpu:
+        assert specs[name].pool == "visionflow-k8s-gpu"
+        assert specs[name].env_vars == ("VISIONFLOW_IMAGE",)
 
 
 def test_schedules_nightly_pipeline_and_costly_ones_inactive(specs):
     assert [(s["cron"], s["active"]) for s in specs["mnist-pipeline"].schedules] == [("0 2 * * *", True)]
-    for name in ("train", "imagenet-ingest", "train-gpu"):
+    for name in ("train", "imagenet-ingest", "train-gpu", "imagenet-pipeline", "imagenet-pipeline-gpu"):
         assert [s["active"] for s in specs[name].schedules] == [False], name
 
 
@@ -120,3 +124,19 @@ def test_no_server_is_one_clear_error():
         deploy.check_server(None)
     with pytest.raises(DeployError, match="does not answer"):
         deploy.check_server("http://127.0.0.1:9/api")
+
+
+def test_every_deployments_parameters_validate_against_its_flows_config(specs):
+    """What the Prefect form would submit: a typo or a removed field fails here, not at 2 am."""
+    import importlib
+    import typing
+
+    for spec in specs.values():
+        path, function = spec.entrypoint.split(":")
+        module = path.removesuffix(".py").replace("/", ".")
+        flow = getattr(importlib.import_module(module), function)
+        config_type = typing.get_type_hints(flow.fn)["cfg"]
+        given = spec.parameters.get("cfg", {})
+        # a required field left out is the form's to fill (train's data URL): a placeholder here
+        missing = {k: "/placeholder" for k, f in config_type.model_fields.items() if f.is_required() and k not in given}
+        config_type.model_validate({**given, **missing})  # raises on a typo, a bad value, a stale field

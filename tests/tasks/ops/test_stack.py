@@ -18,7 +18,7 @@ from cyclopts import App
 from flows.stack_cli import deploy, runs_app, stack_app, trigger
 from tasks.ops import deploy as deployments, processes, stack
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # The commands mounted as the main CLI mounts them.
 CLI = App(name="visionflow")
 for command in (stack_app, deploy, trigger, runs_app):
