@@ -267,3 +267,13 @@ def check_compatible(url: str, params: dict, source_fingerprint: str) -> dict | 
         raise ShardError(f"{url} already holds a dataset built from other inputs or parameters; "
                          "choose another version")
     return manifest
+
+
+def class_names(manifest: dict) -> list[str]:
+    """Readable class names: the manifest's ``params.class_names`` (ImageNet's synset names, first
+    synonym: "tench") where present, else its class ids; a name two classes share (ImageNet has
+    two "crane"s) keeps its id beside it."""
+    ids = manifest["classes"]
+    names = (manifest.get("params") or {}).get("class_names") or ids
+    short = [str(n).split(",")[0].strip() or i for n, i in zip(names, ids)]
+    return [f"{s} ({i})" if short.count(s) > 1 else s for s, i in zip(short, ids)]

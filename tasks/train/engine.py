@@ -76,9 +76,11 @@ class Job:
         """The recipe's phases at this run's length: start epochs scaled and rounded, and a phase
         the recipe runs (DAWNBench's one 288 px epoch) kept inside the run, if only for its last
         epoch."""
-        scaled = scale_phases(self.recipe.phases, self.stretch)
-        last = self.epochs - 1
-        return scale_phases(tuple(replace(p, start_epoch=min(p.start_epoch, last)) for p in scaled), 1.0)
+        kept: dict[float, Phase] = {}
+        for phase in scale_phases(self.recipe.phases, self.stretch):
+            start = min(phase.start_epoch, self.epochs - 1)
+            kept[start] = replace(phase, start_epoch=start)  # the later phase wins an epoch
+        return tuple(kept.values())
 
     @property
     def schedule(self) -> Schedule:
@@ -87,7 +89,12 @@ class Job:
         schedule = self.recipe.schedule.scaled(self.stretch)
         if schedule.kind != "piecewise":
             return schedule
-        return replace(schedule, knots=tuple((float(math.floor(e + 0.5)), f) for e, f in schedule.knots))
+        by_epoch: dict[float, list[float]] = {}
+        for epoch, factor in schedule.knots:
+            by_epoch.setdefault(float(math.floor(epoch + 0.5)), []).append(factor)
+        # where several knots land on one epoch: the value arriving there and the value leaving it
+        knots = [(e, f) for e, fs in by_epoch.items() for f in ([fs[0], fs[-1]] if len(fs) > 1 else fs)]
+        return replace(schedule, knots=tuple(knots))
 
     def phase(self, epoch: int) -> Phase:
         return phase_at(self.phases, epoch)

@@ -60,7 +60,7 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
                                                     "config": cfg.model_dump()}).encode())
     variants = tuple(v for v in variant_names(recipe) if storage.exists(storage.join(f"{cfg.data.rstrip('/')}-{v}",
                                                                                       "manifest.json")))
-    return Job(cfg, checkpoint_dir, ref, tuple(manifest["classes"]), uri, run_id, variants)
+    return Job(cfg, checkpoint_dir, ref, tuple(shards.class_names(manifest)), uri, run_id, variants)
 
 
 def variant_names(recipe) -> list[str]:

@@ -52,7 +52,8 @@ def test_pipeline_writes_shards_and_a_complete_mlflow_run(pipeline_run, home):
     assert {f"test/acc/{d}" for d in range(10)} <= set(metrics)
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/misclassified.png"}
+    assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/misclassified.png",
+                         "evaluation/per_class_accuracy.csv"}
     local = client.download_artifacts(run.info.run_id, "evaluation/confusion_matrix.png")
     assert open(local, "rb").read(8) == PNG
 
