@@ -54,8 +54,9 @@ class TrainConfig(Frozen):
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap steps per epoch (smoke runs)")
     checkpoint_dir: str | None = Field(None, description="Where checkpoints go, local or s3:// "
                                        "(default: $VISIONFLOW_HOME/runs/{run_name})")
-    run_name: str = Field("mnist-convnet", pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
-                          description="Run name; a re-run with the same name resumes it")
+    run_name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_\-]*$",
+                                 description="Run name; a re-run with the same name resumes it "
+                                 "(default: {dataset}-{recipe}, e.g. fashion-mnist-mnist-convnet)")
     experiment: str | None = Field(None, description="MLflow experiment (default: the recipe's family, "
                                    "e.g. mnist, imagenet)")
 

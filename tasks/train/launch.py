@@ -36,6 +36,8 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
     """Resolve defaults and the MLflow run. A run directory that already has a run record keeps
     its MLflow run, so a resumed training logs into the run it started."""
     manifest = shards.read_manifest(cfg.data)
+    if cfg.run_name is None:
+        cfg = cfg.model_copy(update={"run_name": f"{manifest['dataset']}-{cfg.recipe}".replace("_", "-")})
     ref = catalog.reference(cfg.recipe)
     recipe = resolve(ref)
     checkpoint_dir = cfg.checkpoint_dir or str(Path(home) / "runs" / cfg.run_name)

@@ -181,7 +181,7 @@ INPAINT = Recipe(
     optimizer=Optimizer("adam"), lr=2e-4, epochs=1, batch_size=4, select="psnr", phases=(Phase(0),))
 
 
-# --- running the engine in 2 forked ranks -------------------------------------------------------
+# --- running the engine in 2 spawned ranks -------------------------------------------------------
 
 
 def _rank(rank: int, world: int, port: int, job: Job) -> None:
@@ -194,7 +194,8 @@ def train_ddp(job: Job, world: int = 2) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_rank, args=(world, port, job), nprocs=world, start_method="fork")
+    # spawn, not fork: a forked child of a process that has run autograd cannot run it
+    mp.start_processes(_rank, args=(world, port, job), nprocs=world, start_method="spawn")
 
 
 @pytest.fixture(scope="module")
