@@ -44,7 +44,8 @@ class TrainConfig(Frozen):
     gpu_decode: bool = Field(False, description="On CUDA, decode JPEGs on the GPU (nvjpeg) instead of "
                              "in DataLoader workers")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step")
-    nproc: int = Field(2, ge=1, description="Processes per node (CPU processes or GPUs)")
+    nproc: int | None = Field(None, ge=1, description="Processes per node (default: one per GPU on a GPU "
+                              "node, one using every core on a CPU node)")
     nnodes: int = Field(1, ge=1, description="Nodes; more than one needs rdzv_endpoint")
     rdzv_endpoint: str | None = Field(None, description="host:port of the rendezvous for multi-node runs")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present")

@@ -55,7 +55,8 @@ class ImagenetPipelineConfig(Frozen):
     lr: float | None = Field(None, gt=0, description="Peak LR at the recipe's reference batch (default: the recipe's)")
     width: float = Field(1.0, gt=0, le=4, description="Channel width multiplier (e.g. 0.25 on a CPU)")
     image_scale: float = Field(1.0, gt=0, le=2, description="Multiplies every phase's image size (e.g. 0.5 on a CPU)")
-    nproc: int = Field(2, ge=1, description="Training processes per node (CPU processes or GPUs)")
+    nproc: int | None = Field(None, ge=1, description="Training processes per node (default: one per GPU, "
+                              "or one using every core on a CPU node)")
     num_workers: int | None = Field(None, ge=0, description="DataLoader workers per process (default: chosen for the machine)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap steps per epoch (smoke runs)")
     run_name: str | None = Field(None, description="Run name (default: {dataset}-{recipe})")

@@ -24,6 +24,7 @@ class MnistPipelineConfig(Frozen):
     out: str | None = Field(None, description=MnistIngestConfig.model_fields["out"].description)
     recipe: Literal["mnist_convnet", "mnist_mlp"] = Field("mnist_convnet", description="Recipe to train")
     epochs: int | None = Field(None, ge=1, description="Epochs (default: the recipe's)")
-    nproc: int = Field(2, ge=1, description="Training processes")
+    nproc: int | None = Field(None, ge=1, description="Training processes per node (default: one per GPU, "
+                              "or one using every core on a CPU node)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="Cap steps per epoch (smoke runs)")
     run_name: str | None = Field(None, description="Run name (default: {dataset}-{recipe})")
