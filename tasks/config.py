@@ -41,8 +41,8 @@ class TrainConfig(Frozen):
                          "e.g. 0.25 for CPU-sized runs)")
     image_scale: float = Field(1.0, gt=0, le=2, description="Multiplies every phase's train and "
                                "validation image size (rounded to a multiple of 8), for CPU-sized runs")
-    gpu_decode: bool = Field(False, description="On CUDA, decode JPEGs on the GPU (nvjpeg) instead of "
-                             "in DataLoader workers")
+    gpu_decode: bool = Field(False, description="Decode training JPEGs on the device (nvjpeg on CUDA) "
+                             "instead of in DataLoader workers, for recipes that offer it (the ResNet-50 ones)")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step")
     nproc: int | None = Field(None, ge=1, description="Processes per node (default: one per GPU on a GPU "
                               "node, one using every core on a CPU node)")

@@ -25,7 +25,8 @@ import torch
 from models.width import scale
 from tasks.classify.recipe import CrossEntropy, ImagesToDevice, evaluator, num_classes
 from tasks.data.reader import decode_class
-from tasks.imagenet.transforms import EvalPreset, TrainPreset, decode_jpeg, rect_collate, resize_shorter
+from tasks.imagenet.transforms import (EvalPreset, GpuTrainPreset, TrainPreset, decode_batch, decode_jpeg,
+                                       jpeg_bytes, normalize, rect_collate, resize_shorter)
 from tasks.train.recipe import Optimizer, Recipe
 from tasks.train.schedules import Phase, Schedule
 
@@ -90,6 +91,40 @@ class ShorterSide:
         return resize_shorter(decode_jpeg(data), self.size)
 
 
+@dataclass(frozen=True)
+class EncodedSample:
+    """A shard sample → (its JPEG as a uint8 1-D tensor, label, augmentation seed): decoding
+    waits for the device."""
+
+    def __call__(self, sample: dict) -> tuple[torch.Tensor, int, int]:
+        return jpeg_bytes(sample["jpg"]), decode_class(sample["cls"]), sample["__seed__"]
+
+
+def collate_encoded(batch):
+    return [data for data, _, _ in batch], torch.tensor([label for _, label, _ in batch]), [s for _, _, s in batch]
+
+
+@dataclass(frozen=True)
+class DeviceCropBatch:
+    """JPEG bytes → nvjpeg on the GPU (libjpeg-turbo on a CPU device) → RandomResizedCrop +
+    flip there → normalised float; the crop boxes drawn from the batch's own sample seeds."""
+
+    size: int
+    min_scale: float
+
+    def __call__(self, batch, device: torch.device):
+        datas, labels, seeds = batch
+        images = decode_batch(datas, device)
+        generator = torch.Generator().manual_seed(seeds[0] * 1_000_003 + len(seeds))
+        crops = GpuTrainPreset(self.size, min_scale=self.min_scale)(images, generator)
+        return (normalize(crops, channels_last=device.type == "cuda"),), labels.to(device, non_blocking=True)
+
+
+def device_decode(phase: Phase):
+    size = phase.image_size or 224
+    return EncodedSample(), collate_encoded, DeviceCropBatch(size, phase.min_scale or 0.08)
+
+
 def rect_val_collate(phase: Phase, train: bool):
     if train or not phase.rect_val:
         return None
@@ -137,7 +172,7 @@ RESNET50 = Recipe(
     evaluator=evaluator, example_input=example_input,
     optimizer=Optimizer("sgd", momentum=0.9, weight_decay=1e-4),
     lr=0.1, lr_batch=256, epochs=90, batch_size=256, phases=(Phase(0, image_size=224),),
-    schedule=Schedule("step", step_size=30, gamma=0.1))
+    schedule=Schedule("step", step_size=30, gamma=0.1), device_decode=device_decode)
 
 # fast.ai's 16-machine table (global batch = per-GPU batch × 128); LR factors of 0.05875 per
 # 256 images: 1 → 2 over the warm-up, 1 again when the batch doubles at epoch 6, ÷10 at 19,
@@ -158,4 +193,5 @@ RESNET50_DAWNBENCH = Recipe(
     to_device=ImagesToDevice(MEAN, STD), loss=CrossEntropy(), evaluator=evaluator,
     example_input=example_input,
     optimizer=Optimizer("sgd", momentum=0.9, weight_decay=1e-4, no_decay_bn_bias=True),
-    lr=0.05875, lr_batch=256, epochs=38, batch_size=8192, phases=DAWNBENCH_PHASES, schedule=DAWNBENCH_LR)
+    lr=0.05875, lr_batch=256, epochs=38, batch_size=8192, phases=DAWNBENCH_PHASES, schedule=DAWNBENCH_LR,
+    device_decode=device_decode)

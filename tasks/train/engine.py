@@ -23,6 +23,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -212,13 +213,25 @@ def make_loader(job: Job, phase: Phase, split: str, d: Dist, train: bool) -> tup
     if per_rank < 1 or per_rank * d.world_size * accum != global_batch:
         raise ValueError(f"batch size {global_batch} does not split into {d.world_size} ranks × "
                          f"{accum} accumulation steps")
-    stream = ShardStream(shards_of(job.data_url(phase), split), recipe.decoder(phase, train), rank=d.rank,
+    decoder, collate, to_device = data_path(job, phase, train)
+    stream = ShardStream(shards_of(job.data_url(phase), split), decoder, rank=d.rank,
                          world_size=d.world_size, seed=cfg.seed, shuffle=train,
                          policy="pad" if train else "exact")
     workers = default_workers(d) if cfg.num_workers is None else cfg.num_workers
-    loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=recipe.collate(phase, train),
+    loader = DataLoader(stream, batch_size=per_rank, num_workers=workers, collate_fn=collate,
                         pin_memory=d.device.type == "cuda", persistent_workers=False)
+    loader.to_device = to_device  # how this loader's batches reach the model
     return stream, loader
+
+
+def data_path(job: Job, phase: Phase, train: bool) -> tuple[Callable, Callable | None, Callable]:
+    """(decoder, collate, to_device): the recipe's, or its device-decoding ones where asked."""
+    recipe = job.recipe
+    if train and job.config.gpu_decode:
+        if recipe.device_decode is None:
+            raise ValueError(f"recipe {recipe.name} has no device-side decoding; leave gpu_decode off")
+        return recipe.device_decode(phase)
+    return recipe.decoder(phase, train), recipe.collate(phase, train), recipe.to_device
 
 
 def prepare_inputs(inputs: tuple, d: Dist) -> tuple:
@@ -263,7 +276,7 @@ class Trainer:
         lr = 0.0
         self.optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(loader):
-            inputs, targets = recipe.to_device(batch, d.device)
+            inputs, targets = loader.to_device(batch, d.device)
             inputs = prepare_inputs(inputs, d)
             last_micro = (i + 1) % accum == 0
             # Gradients are all-reduced only on the micro-batch that ends an accumulation window.

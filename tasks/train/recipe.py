@@ -106,6 +106,10 @@ class Recipe:
     val_split: str = "val"
     # (phase, train) → a DataLoader collate_fn, or None for torch's default
     collate: Callable[[Phase, bool], Callable | None] = field(default=lambda phase, train: None)
+    # phase → (decoder, collate, to_device) for training with decoding on the device
+    # (``TrainConfig.gpu_decode``: the DataLoader ships compressed bytes, nvjpeg decodes); None:
+    # the recipe has no such path
+    device_decode: Callable[[Phase], tuple[Callable, Callable, Callable]] | None = None
 
     def base_lr(self, global_batch: int, lr: float | None = None) -> float:
         """The peak LR for a global batch: linear scaling (Goyal et al.) where the recipe says so."""
