@@ -65,3 +65,10 @@ def test_metric_columns_are_capped_with_key_metrics_first():
     runs = [{f"a{i}": 1.0 for i in range(10)} | {"perf/images_per_s": 1.0, "val/top1": 1.0}]
     assert compare.key_metrics(runs) == ["val/top1", "perf/images_per_s", "a0", "a1", "a2", "a3"]
     assert compare.differing_params([{"a": "1", "b": "2"}, {"a": "1"}, {"a": "1", "b": "2"}]) == ["b"]
+
+
+def test_each_experiment_leads_with_its_own_selection_metric():
+    runs = [{"val/psnr": 30.0, "test/psnr": 29.0, "val/loss": 1.0, "train/loss": 1.0, "test/acc/cat": 1.0},
+            {"val/ap": 0.5, "val/loss": 1.0}]
+    assert compare.key_metrics(runs, ["val/psnr", "val/ap"])[:4] == ["test/psnr", "val/psnr", "val/ap", "val/loss"]
+    assert "test/acc/cat" not in compare.key_metrics(runs, ["val/psnr"])

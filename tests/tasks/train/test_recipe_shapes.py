@@ -30,7 +30,7 @@ from tasks.train.engine import CHECKPOINT, Job, load_checkpoint
 from tasks.train.evaluation import score
 from tasks.train.evaluator import gather_across_ranks, sum_across_ranks
 from tasks.train.recipe import EvalContext, Optimizer, Recipe
-from tasks.train.schedules import Phase
+from tasks.train.schedules import Phase, Schedule
 
 T, SIDE, MAP = 2, 32, 16  # frames per clip, RF heatmap side, confidence map side (SIDE / 2)
 
@@ -250,3 +250,24 @@ def test_a_dense_recipe_learns(datasets, tmp_path):
     engine.run(replace(job))
     history = load_checkpoint(storage.join(str(tmp_path), CHECKPOINT))["history"]
     assert history[-1]["train/loss"] < history[0]["train/loss"]
+
+
+PLATEAU = replace(DENSE, name="dense-plateau", epochs=4, lr=3e-3,
+                  schedule=Schedule("plateau", monitor="val/pck", mode="max", patience=0, gamma=0.5, max_decays=3))
+
+
+def test_a_resumed_run_continues_its_lr_schedule_as_if_never_stopped(datasets, tmp_path):
+    """Plateau decays depend on every epoch before: stop after 2 epochs, resume to 4, and the LR
+    and the decay count follow the uninterrupted run's."""
+    def run(ckpt, epochs):
+        cfg = TrainConfig(data=datasets["dense"], epochs=epochs, nproc=1, num_workers=0, run_name="p", batch_size=4)
+        engine.run(Job(cfg, str(ckpt), f"{__name__}:PLATEAU"))
+        return load_checkpoint(storage.join(str(ckpt), CHECKPOINT))
+
+    whole = run(tmp_path / "whole", 4)
+    run(tmp_path / "split", 2)
+    resumed = run(tmp_path / "split", 4)
+    keys = ("train/lr", "train/lr_decays", "val/pck")
+    assert [[h[k] for k in keys] for h in resumed["history"]] == [[h[k] for k in keys] for h in whole["history"]]
+    assert resumed["schedule"] == whole["schedule"] and resumed["global_step"] == whole["global_step"] == 12
+    assert whole["history"][-1]["train/lr_decays"] >= 1  # the schedule did decay on the way
