@@ -16,7 +16,6 @@ that were in flight.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import tarfile

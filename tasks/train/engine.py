@@ -1,4 +1,6 @@
 """The one training engine: a plain ``torch.distributed`` DDP loop for every experiment.
+(``tasks/train/job.py`` resolves what the run derives from its recipe; ``checkpoint.py`` holds
+the checkpoint format.)
 
 Run it under torchrun (what the Prefect ``train`` task does)::
 
@@ -15,14 +17,11 @@ directory resumes after the last finished epoch with the optimizer and schedule 
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
-from functools import cached_property
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -30,111 +29,15 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-import models
-from tasks.config import TrainConfig
 from tasks.data import storage
 from tasks.data.reader import ShardStream, shards_of
+from tasks.train.checkpoint import BEST, CHECKPOINT, load_checkpoint, save_checkpoint
 from tasks.train.evaluator import batch_size_of, floats, run_evaluation
+from tasks.train.job import Job
 from tasks.train.metrics_log import MetricLogger, system_metrics
-from tasks.train.recipe import EvalContext, Recipe, is_better, resolve
-from tasks.train.schedules import LRSchedule, Phase, Schedule, phase_at, scale_phases
+from tasks.train.recipe import EvalContext, is_better
+from tasks.train.schedules import LRSchedule, Phase
 
-CHECKPOINT = "last.pt"
-BEST = "best.pt"
-
-
-@dataclass(frozen=True)
-class Job:
-    """A training config resolved for one launch: concrete defaults and side-effect targets."""
-
-    config: TrainConfig
-    checkpoint_dir: str
-    recipe_ref: str  # "tasks.<experiment>.recipes:NAME", imported where the job runs
-    classes: tuple[str, ...] = ()
-    tracking_uri: str | None = None
-    mlflow_run_id: str | None = None
-    variants: tuple[str, ...] = field(default=())  # dataset variants that exist beside config.data
-
-    @cached_property
-    def recipe(self) -> Recipe:
-        return resolve(self.recipe_ref)
-
-    @property
-    def epochs(self) -> int:
-        return self.config.epochs or self.recipe.epochs
-
-    @property
-    def batch_size(self) -> int:
-        return self.config.batch_size or self.recipe.batch_size
-
-    @property
-    def stretch(self) -> float:
-        """A run shorter (or longer) than the recipe's compresses its phases and schedule alike."""
-        return self.epochs / self.recipe.epochs
-
-    @cached_property
-    def phases(self) -> tuple[Phase, ...]:
-        """The recipe's phases at this run's length: start epochs scaled and rounded, and a phase
-        the recipe runs (DAWNBench's one 288 px epoch) kept inside the run, if only for its last
-        epoch."""
-        kept: dict[float, Phase] = {}
-        for phase in scale_phases(self.recipe.phases, self.stretch):
-            start = min(phase.start_epoch, self.epochs - 1)
-            kept[start] = replace(phase, start_epoch=start)  # the later phase wins an epoch
-        return tuple(kept.values())
-
-    @property
-    def schedule(self) -> Schedule:
-        """The recipe's LR schedule at this run's length; a piecewise one's knots rounded to
-        whole epochs as the phases are, so an LR jump lands where the batch size changes."""
-        schedule = self.recipe.schedule.scaled(self.stretch)
-        if schedule.kind != "piecewise":
-            return schedule
-        by_epoch: dict[float, list[float]] = {}
-        for epoch, factor in schedule.knots:
-            by_epoch.setdefault(float(math.floor(epoch + 0.5)), []).append(factor)
-        # where several knots land on one epoch: the value arriving there and the value leaving it
-        knots = [(e, f) for e, fs in by_epoch.items() for f in ([fs[0], fs[-1]] if len(fs) > 1 else fs)]
-        return replace(schedule, knots=tuple(knots))
-
-    def phase(self, epoch: int) -> Phase:
-        return phase_at(self.phases, epoch)
-
-    def global_batch(self, phase: Phase) -> int:
-        """A phase's batch, scaled by the run's batch over the recipe's (keeps the phase ratios)."""
-        if phase.batch_size is None:
-            return self.batch_size
-        return max(1, round(phase.batch_size * self.batch_size / self.recipe.batch_size))
-
-    def image_size(self, size: int | None) -> int | None:
-        return None if size is None else max(8, round(size * self.config.image_scale / 8) * 8)
-
-    def sized(self, phase: Phase) -> Phase:
-        """The phase as this run trains it: sizes scaled, a variant kept only if it was ingested."""
-        return replace(phase, image_size=self.image_size(phase.image_size),
-                       val_size=self.image_size(phase.val_size),
-                       variant=phase.variant if phase.variant in self.variants else None,
-                       batch_size=self.global_batch(phase))
-
-    def data_url(self, phase: Phase) -> str:
-        return f"{self.config.data.rstrip('/')}-{phase.variant}" if phase.variant else self.config.data
-
-    def model_kwargs(self) -> dict:
-        return self.recipe.model_kwargs({"classes": list(self.classes)}, self.config.width)
-
-    def build_model(self) -> torch.nn.Module:
-        return models.build(self.recipe.model, **self.model_kwargs())
-
-    def to_json(self) -> str:
-        raw = {**self.__dict__, "config": self.config.model_dump()}
-        raw.pop("recipe", None), raw.pop("phases", None)  # cached properties
-        return json.dumps(raw)
-
-    @classmethod
-    def from_json(cls, text: str) -> "Job":
-        raw = json.loads(text)
-        return cls(**{**raw, "config": TrainConfig(**raw["config"]), "classes": tuple(raw["classes"]),
-                      "variants": tuple(raw.get("variants", ()))})
 
 
 # --- process group ---------------------------------------------------------------------------
@@ -183,21 +86,6 @@ def default_workers(d: Dist) -> int:
     return 1
 
 
-# --- checkpoints -----------------------------------------------------------------------------
-
-
-def save_checkpoint(url: str, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    storage.write_bytes(url, buffer.getvalue())  # temp + rename, or a single PUT
-
-
-def load_checkpoint(url: str, map_location="cpu") -> dict | None:
-    if not storage.exists(url):
-        return None
-    return torch.load(io.BytesIO(storage.read_bytes(url)), map_location=map_location, weights_only=True)
-
-
 # --- the loop --------------------------------------------------------------------------------
 
 
@@ -206,7 +94,7 @@ def autocast(d: Dist):
 
 
 def make_loader(job: Job, phase: Phase, split: str, d: Dist, train: bool) -> tuple[ShardStream, DataLoader]:
-    cfg, recipe = job.config, job.recipe
+    cfg = job.config
     accum = cfg.grad_accum if train else 1
     global_batch = phase.batch_size
     per_rank = global_batch // (d.world_size * accum)
@@ -266,7 +154,7 @@ class Trainer:
     def train_one_epoch(self, loader: DataLoader, phase: Phase, epoch: int) -> dict:
         job, d, model = self.job, self.d, self.ddp
         model.train()
-        recipe, accum = job.recipe, job.config.grad_accum
+        accum = job.config.grad_accum
         total_loss = torch.zeros((), device=d.device)
         seen, steps, start = 0, 0, time.perf_counter()
         total_steps = len(loader.dataset) // (loader.batch_size * accum)

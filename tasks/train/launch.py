@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from prefect import get_run_logger, task
 
 from tasks.data import shards, storage
