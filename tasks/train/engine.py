@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -289,6 +290,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with open(args.job) as f:
         run(Job.from_json(f.read()))
+    # Everything is written (checkpoints are closed and renamed, metrics sent): skip the
+    # interpreter's teardown of torch, 1.2 s of a 2-core machine that changes nothing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
