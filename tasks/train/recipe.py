@@ -23,6 +23,7 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 from torch import nn
 
+from models.resnet import param_groups as split_decay_groups
 from tasks.train.schedules import Phase, Schedule
 
 Sample = tuple  # what a decoder returns for one shard sample, e.g. (uint8 image, label)
@@ -68,13 +69,11 @@ class Optimizer:
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
-    """One group with ``weight_decay``, and (where asked) one without for BN parameters and
-    biases: every 1-D parameter is one of those."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not no_decay_bn_bias:
-        return [{"params": params, "weight_decay": weight_decay}]
-    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    """One group with ``weight_decay``, or (where asked) ``models.resnet.param_groups``' split:
+    BN parameters and biases without it."""
+    if no_decay_bn_bias:
+        return split_decay_groups(model, weight_decay)
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay}]
 
 
 @dataclass(frozen=True)
