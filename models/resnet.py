@@ -8,16 +8,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from torch import nn
-from torchvision.models import ResNet, resnet50 as torchvision_resnet50
-from torchvision.models.resnet import Bottleneck
 
 from models.registry import register
 from models.width import scale
 
+if TYPE_CHECKING:
+    from torchvision.models import ResNet
+
+# torchvision is imported where a ResNet is built: importing it costs 1.7 s on a small CPU (its
+# model zoo pulls in torch._dynamo), paid by every training process, MNIST's included.
+
 
 @register("resnet50")
-def resnet50(*, num_classes: int = 1000, zero_init_residual: bool = True, width: float = 1.0) -> ResNet:
+def resnet50(*, num_classes: int = 1000, zero_init_residual: bool = True, width: float = 1.0) -> "ResNet":
+    from torchvision.models import resnet50 as torchvision_resnet50
+
     # zero_init_residual sets the last BN gamma of every bottleneck to 0, so each residual block
     # starts as the identity: the trick that keeps large-batch (8k+) SGD stable in the first
     # epochs (Goyal et al., Sec. 5.1). torchvision's layers are channels_last friendly as they are.
@@ -27,9 +35,11 @@ def resnet50(*, num_classes: int = 1000, zero_init_residual: bool = True, width:
     return net
 
 
-def narrow(net: ResNet, width: float, num_classes: int, zero_init_residual: bool) -> None:
+def narrow(net: "ResNet", width: float, num_classes: int, zero_init_residual: bool) -> None:
     """Rebuild ``net``'s stem, stages and head with every channel count times ``width`` (the same
     depth and topology, at CPU size). torchvision fixes the stage widths at 64…512."""
+    from torchvision.models.resnet import Bottleneck
+
     stem = scale(64, width)
     net.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
     net.bn1 = nn.BatchNorm2d(stem)

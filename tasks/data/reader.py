@@ -13,6 +13,7 @@ with ranks differing by at most one, for evaluation), so DDP never hangs on an u
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import random
@@ -159,10 +160,11 @@ def decode_image(data: bytes, mode: str | None = None) -> torch.Tensor:
     """PNG/JPEG bytes → uint8 tensor (C, H, W). libpng / libjpeg-turbo through torchvision (a
     third of Pillow's time on MNIST's PNGs); Pillow for anything else, and to name the problem
     of a file those decoders refuse."""
-    read_mode = _READ_MODES.get(mode)
-    if _tv_decode is not None and read_mode is not None and data.startswith(_MAGIC):
+    tv_decode, read_modes = _torchvision_decoder()
+    read_mode = read_modes.get(mode)
+    if tv_decode is not None and read_mode is not None and data.startswith(_MAGIC):
         try:
-            return _tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
+            return tv_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=read_mode)
         except RuntimeError:
             pass  # Pillow below decodes it or raises its own, clearer error
     return _decode_pillow(data, mode)
@@ -180,12 +182,16 @@ def _decode_pillow(data: bytes, mode: str | None) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1)  # (H, W, C) → (C, H, W)
 
 
-try:  # deprecated in torchvision 0.29 for TorchCodec's; should a later pin lack it, Pillow decodes
-    from torchvision.io import ImageReadMode, decode_image as _tv_decode
-
-    _READ_MODES = {"L": ImageReadMode.GRAY, "RGB": ImageReadMode.RGB, None: ImageReadMode.UNCHANGED}
-except ImportError:
-    _tv_decode, _READ_MODES = None, {}
+@functools.cache
+def _torchvision_decoder() -> tuple[Callable | None, dict]:
+    """torchvision's decode_image and its read modes, imported on first use: importing
+    torchvision costs 1.7 s on a small CPU, which a process decoding no image never pays.
+    Deprecated in torchvision 0.29 for TorchCodec's; should a later pin lack it, Pillow decodes."""
+    try:
+        from torchvision.io import ImageReadMode, decode_image as tv_decode
+    except ImportError:
+        return None, {}
+    return tv_decode, {"L": ImageReadMode.GRAY, "RGB": ImageReadMode.RGB, None: ImageReadMode.UNCHANGED}
 
 
 def decode_class(data: bytes) -> int:
