@@ -52,16 +52,34 @@ def load_vgg16_features(weights: str | os.PathLike | Mapping[str, torch.Tensor]
             if key.startswith(prefix) and int(key.split(".")[1]) <= POOL_LAYERS[-1]}
 
 
+def features_config(state: Mapping[str, torch.Tensor]) -> list:
+    """VGG16's config D up to pool3 with each conv's width read from ``state`` (``N.weight``)."""
+    config, index = [], 0
+    for item in VGG16_TO_POOL3:
+        if item == "M":
+            config.append(item)
+            index += 1
+            continue
+        weight = state.get(f"{index}.weight")
+        # a missing or odd tensor keeps the paper's width: load_state_dict then names the problem
+        config.append(int(weight.shape[0]) if weight is not None and weight.dim() == 4 else item)
+        index += 2  # conv, ReLU
+    return config
+
+
 class VGG16PoolFeatures(nn.Module):
     """Frozen VGG16 up to pool3; ``forward(x)`` returns [pool1, pool2, pool3] features."""
 
     def __init__(self, weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
                  allow_random_weights: bool = False):
         super().__init__()
-        self.features = make_layers(VGG16_TO_POOL3)
-        if weights is not None:
+        state = None if weights is None else load_vgg16_features(weights)
+        # Channel counts come from the weights, so a width-scaled VGG16 (a CPU-sized one the
+        # project's ImageNet pipeline trained) serves as well as the paper's.
+        self.features = make_layers(features_config(state) if state else VGG16_TO_POOL3)
+        if state is not None:
             try:
-                self.features.load_state_dict(load_vgg16_features(weights))
+                self.features.load_state_dict(state)
             except RuntimeError as error:
                 source = "state dict" if isinstance(weights, Mapping) else os.fspath(weights)
                 raise ValueError(f"VGG16 weights ({source}) do not fit VGG16 features up to "

@@ -60,6 +60,8 @@ class TrainConfig(Frozen):
                                  "(default: {dataset}-{recipe}, e.g. fashion-mnist-mnist-convnet)")
     experiment: str | None = Field(None, description="MLflow experiment (default: the recipe's family, "
                                    "e.g. mnist, imagenet)")
+    options: dict[str, str] = Field({}, description="Recipe options, name: value (e.g. perceptual: "
+                                    "models:/imagenet-vgg16@latest for pconv_unet); each recipe lists its own")
 
 
 class EvaluateConfig(Frozen):

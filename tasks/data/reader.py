@@ -131,6 +131,7 @@ class ShardStream(IterableDataset):
                     break
                 if i >= first:
                     count += 1
+                    sample["__url__"] = refs[shard].url  # webdataset's convention: where it came from
                     yield sample
             if count != last - first:
                 raise shards.ShardError(f"{refs[shard].url}: holds fewer samples than its manifest "

@@ -212,7 +212,9 @@ class Trainer:
         loaders: dict[Phase, tuple] = {}
         for epoch in range(start_epoch, job.epochs):
             phase = job.sized(job.phase(epoch))
-            if phase not in loaders:  # a new phase: new size, batch or variant
+            if phase not in loaders:  # a new phase (or the one a resumed run is in): new size, batch or variant
+                if job.recipe.on_phase:
+                    job.recipe.on_phase(self.model, job.phases.index(job.phase(epoch)), phase)
                 loaders = {phase: (make_loader(job, phase, job.recipe.train_split, d, train=True),
                                    make_loader(job, phase, job.recipe.val_split, d, train=False))}
             (stream, train_loader), (_, val_loader) = loaders[phase]
@@ -254,7 +256,7 @@ def build_trainer(job: Job, d: Dist) -> tuple[Trainer, int]:
     recipe = job.recipe
     optimizer = recipe.optimizer.build(model, job.config.lr or recipe.lr)
     schedule = LRSchedule(job.schedule, job.epochs)
-    trainer = Trainer(job, d, model, model, optimizer, schedule, recipe.loss(d.device))
+    trainer = Trainer(job, d, model, model, optimizer, schedule, job.build_loss(d.device))
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT), map_location=d.device)
     start_epoch = 0
     if state is not None:

@@ -41,13 +41,15 @@ def score(cfg: EvaluateConfig) -> tuple[Job, dict, dict]:
     model = job.build_model()
     model.load_state_dict(state["model"])
     phase = job.sized(job.phase(state["epoch"]))
+    if recipe.on_phase:  # the model as that epoch trained it (PConv's fine-tuning BN freeze)
+        recipe.on_phase(model, job.phases.index(job.phase(state["epoch"])), phase)
     split = cfg.split or recipe.val_split
     data = cfg.data or job.data_url(phase)
     stream = ShardStream(shards_of(data, split), recipe.decoder(phase, False), shuffle=False, policy="exact")
     loader = DataLoader(stream, batch_size=cfg.batch_size, collate_fn=recipe.collate(phase, False))
     device = torch.device("cpu")
     evaluator = recipe.evaluator(EvalContext(job.classes, device, detailed=True))
-    metrics = run_evaluation(model, loader, recipe, evaluator, recipe.loss(device), device)
+    metrics = run_evaluation(model, loader, recipe, evaluator, job.build_loss(device), device)
     metrics = {f"{split}/{k}": v for k, v in metrics.items()}
     return job, metrics, evaluator.artifacts()
 

@@ -99,6 +99,11 @@ class Job:
     def build_model(self) -> torch.nn.Module:
         return models.build(self.recipe.model, **self.model_kwargs())
 
+    def build_loss(self, device: torch.device):
+        """The recipe's loss on ``device``, given the run's recipe options."""
+        self.recipe.check_options(self.config.options)
+        return self.recipe.loss(device, **self.config.options)
+
     def to_json(self) -> str:
         raw = {**self.__dict__, "config": self.config.model_dump()}
         raw.pop("recipe", None), raw.pop("phases", None)  # cached properties

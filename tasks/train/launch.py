@@ -39,6 +39,7 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
         cfg = cfg.model_copy(update={"run_name": f"{manifest['dataset']}-{cfg.recipe}".replace("_", "-")})
     ref = catalog.reference(cfg.recipe)
     recipe = resolve(ref)
+    recipe.check_options(cfg.options)
     checkpoint_dir = cfg.checkpoint_dir or str(Path(home) / "runs" / cfg.run_name)
     record_url = storage.join(checkpoint_dir, RUN_RECORD)
     experiment = cfg.experiment or recipe.experiment

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from models.resnet import param_groups as split_decay_groups
+from tasks.errors import BadInput
 from tasks.train.schedules import Phase, Schedule
 
 Sample = tuple  # what a decoder returns for one shard sample, e.g. (uint8 image, label)
@@ -87,8 +88,9 @@ class Recipe:
     decoder: Callable[[Phase, bool], Callable[[dict], Sample]]
     # (collated batch, device) → (model inputs tuple, targets), on the device; normalise here
     to_device: Callable[[Batch, torch.device], tuple[tuple, Any]]
-    # device → loss(outputs, targets); a factory so a loss with a network (PConv's VGG) is built once
-    loss: Callable[[torch.device], Callable[[Any, Any], torch.Tensor]]
+    # (device, **options) → loss(outputs, targets); a factory so a loss with a network (PConv's
+    # VGG) is built once per process; options are the run's ``TrainConfig.options``
+    loss: Callable[..., Callable[[Any, Any], torch.Tensor]]
     evaluator: Callable[[EvalContext], Evaluator]
     # model kwargs → one example input tuple (batch 2), for the logged model's signature
     example_input: Callable[[dict, Phase], tuple[torch.Tensor, ...]]
@@ -109,6 +111,17 @@ class Recipe:
     # (``TrainConfig.gpu_decode``: the DataLoader ships compressed bytes, nvjpeg decodes); None:
     # the recipe has no such path
     device_decode: Callable[[Phase], tuple[Callable, Callable, Callable]] | None = None
+    # the ``TrainConfig.options`` this recipe takes, name → what it means (the loss gets them)
+    options: dict[str, str] = field(default_factory=dict)
+    # (model, phase index, phase) → None: run when a phase starts, and on resume into it, for
+    # what a phase changes in the model itself (PConv's fine-tuning freezes the encoder's BN)
+    on_phase: Callable[[nn.Module, int, Phase], None] | None = None
+
+    def check_options(self, options: dict[str, str]) -> None:
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            takes = ", ".join(f"{k} ({v})" for k, v in self.options.items()) or "none"
+            raise BadInput(f"recipe {self.name} has no option {', '.join(unknown)}; it takes: {takes}")
 
     def base_lr(self, global_batch: int, lr: float | None = None) -> float:
         """The peak LR for a global batch: linear scaling (Goyal et al.) where the recipe says so."""

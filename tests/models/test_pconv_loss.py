@@ -134,3 +134,13 @@ def test_the_total_is_the_papers_weighted_sum_and_it_trains_the_output(vgg_state
     torch.testing.assert_close(t["total"], expected)
     t["total"].backward()
     assert output.grad.abs().sum() > 0
+
+
+def test_a_width_scaled_vgg16_serves_with_the_widths_of_its_weights():
+    import models
+
+    narrow = models.build("vgg16", num_classes=10, width=0.25).state_dict()
+    features = VGG16PoolFeatures(narrow)
+    pools = features(torch.zeros(1, 3, 32, 32))
+    assert [p.shape[1] for p in pools] == [16, 32, 64]
+    assert torch.equal(features.features[0].weight, narrow["features.0.weight"])
