@@ -18,6 +18,7 @@ RECIPES: dict[str, str] = {
     "vgg19": "tasks.imagenet.recipes:VGG19",
     "resnet50": "tasks.imagenet.recipes:RESNET50",
     "resnet50_dawnbench": "tasks.imagenet.recipes:RESNET50_DAWNBENCH",
+    "pconv_unet": "tasks.inpaint.recipes:PCONV_UNET",
 }
 
 

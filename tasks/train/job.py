@@ -65,8 +65,12 @@ class Job:
         if schedule.kind != "piecewise":
             return schedule
         by_epoch: dict[float, list[float]] = {}
+        end = schedule.knots[-1][0]
         for epoch, factor in schedule.knots:
-            by_epoch.setdefault(float(math.floor(epoch + 0.5)), []).append(factor)
+            rounded = float(math.floor(epoch + 0.5))
+            if epoch < end and rounded > self.epochs - 1:  # kept inside the run, as its phase is
+                rounded = float(self.epochs - 1)
+            by_epoch.setdefault(rounded, []).append(factor)
         # where several knots land on one epoch: the value arriving there and the value leaving it
         knots = [(e, f) for e, fs in by_epoch.items() for f in ([fs[0], fs[-1]] if len(fs) > 1 else fs)]
         return replace(schedule, knots=tuple(knots))
