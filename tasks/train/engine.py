@@ -158,7 +158,8 @@ class Trainer:
         accum = job.config.grad_accum
         total_loss = torch.zeros((), device=d.device)
         seen, steps, start = 0, 0, time.perf_counter()
-        total_steps = len(loader.dataset) // (loader.batch_size * accum)
+        # optimizer steps this epoch: the last batch may be short; a short accumulation window is not stepped
+        total_steps = -(-len(loader.dataset) // loader.batch_size) // accum
         if job.config.max_steps_per_epoch:
             total_steps = min(total_steps, job.config.max_steps_per_epoch)
         progress_every = max(1, total_steps // 10)

@@ -180,22 +180,39 @@ def log_model(job: Job, state: dict) -> None:
     epoch = str(state["epoch"])
     client = tracking.client(job.tracking_uri)
     experiment_id = client.get_run(job.mlflow_run_id).info.experiment_id
-    if any(m.source_run_id == job.mlflow_run_id and m.tags.get("visionflow.epoch") == epoch
-           for m in client.search_logged_models(experiment_ids=[experiment_id])):
-        client.set_terminated(job.mlflow_run_id)  # a re-run of a finished run: already logged
+    experiment = client.get_experiment(experiment_id).name
+    name = f"{experiment}-{job.config.recipe}"
+    logged = [m for m in client.search_logged_models(experiment_ids=[experiment_id])
+              if m.source_run_id == job.mlflow_run_id and m.tags.get("visionflow.epoch") == epoch]
+    if logged:  # a re-run of a finished run, or a retry after the registry failed
+        if not client.search_model_versions(f"name='{name}' and run_id='{job.mlflow_run_id}'"):
+            mlflow.set_tracking_uri(job.tracking_uri)
+            mlflow.register_model(logged[0].model_uri, name)
+        client.set_terminated(job.mlflow_run_id)
         return
     model = job.build_model()
     model.load_state_dict(best["model"])
     example = tuple(x.numpy() for x in job.recipe.example_input(job.model_kwargs(), job.sized(job.phase(best["epoch"]))))
-    experiment = client.get_experiment(experiment_id).name
     mlflow.set_tracking_uri(job.tracking_uri)
     with mlflow.start_run(run_id=job.mlflow_run_id):
         # MLflow 3 stores a torch.export graph (no pickle), traced on an example input (batch 2:
         # keep it dynamic); explicit requirements, as inferring them would re-import the world.
         mlflow.pytorch.log_model(model.eval(), name="model", input_example=example[0] if len(example) == 1 else example,
-                                 pip_requirements=["torch", "torchvision", "visionflow"],
-                                 registered_model_name=f"{experiment}-{job.config.recipe}",
+                                 signature=signature(example), pip_requirements=["torch", "torchvision", "visionflow"],
+                                 registered_model_name=name,
                                  tags={"visionflow.epoch": epoch, "visionflow.best_epoch": str(best["epoch"])})
+
+
+def signature(example: tuple):
+    """Tensor specs with a free batch dimension; MLflow infers a one-input model's itself, but its
+    torch.export format needs them spelled out for several inputs (PConv's image and mask)."""
+    if len(example) == 1:
+        return None
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=Schema([TensorSpec(x.dtype, (-1, *x.shape[1:]), f"input{i}")
+                                         for i, x in enumerate(example)]))
 
 
 @task(name="train", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)

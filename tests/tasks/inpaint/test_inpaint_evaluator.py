@@ -5,7 +5,6 @@ each with half the batch, report what one process reports."""
 from __future__ import annotations
 
 import io
-import os
 import socket
 
 import numpy as np
@@ -106,6 +105,10 @@ def test_detailed_adds_both_baselines_scored_on_the_same_images():
     assert got["baseline/telea/l1_hole"] < got["baseline/mean/l1_hole"]  # smooth images
 
 
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def test_artifacts_are_a_table_and_a_png_grid():
     output, targets, inputs = batch()
     ev = InpaintEvaluator(EvalContext((), CPU, detailed=True))
@@ -114,16 +117,16 @@ def test_artifacts_are_a_table_and_a_png_grid():
     files = ev.artifacts()
     assert set(files) == {"inpaint_table.md", "inpaint_table.csv", "inpaint_grid.png"}
     table = files["inpaint_table.md"].decode().splitlines()
-    header = [c.strip() for c in table[0].strip("|").split("|")]
+    header = cells(table[0])
     assert header[:4] == ["metric", "method", "r01-10 N", "r01-10 B"] and header[-1] == "all"
     assert len(header) == 2 + 12 + 1 and set(table[1]) <= set("|-")
-    assert [c.strip() for c in table[2].strip("|").split("|")][2:5] == ["2", "1", "0"]  # samples
-    rows = {tuple(c.strip() for c in line.strip("|").split("|")[:2]): line for line in table[3:] if line.startswith("|")}
+    assert cells(table[2])[:5] == ["samples", "", "2", "1", "0"]
+    rows = {tuple(cells(line)[:2]): line for line in table[3:] if line.startswith("|")}
     assert len(rows) == 4 * 3  # (L1 hole, L1, PSNR, SSIM) x (Telea, mean fill, PConv)
-    psnr_pconv = [c.strip() for c in rows[("PSNR", "PConv")].strip("|").split("|")]
+    psnr_pconv = cells(rows[("PSNR", "PConv")])
     assert float(psnr_pconv[2]) == pytest.approx(metrics["psnr/r01-10/no-border"], abs=0.005)
     assert float(psnr_pconv[-1]) == pytest.approx(metrics["psnr"], abs=0.005)
-    l1_telea = [c.strip() for c in rows[("L1 hole (%)", "Telea")].strip("|").split("|")]
+    l1_telea = cells(rows[("L1 hole (%)", "Telea")])
     assert float(l1_telea[3]) == pytest.approx(100 * metrics["baseline/telea/l1_hole/r01-10/border"], abs=0.005)
     csv_lines = files["inpaint_table.csv"].decode().splitlines()
     assert csv_lines[0] == "method,bucket,flag,samples,l1,l1_hole,psnr,ssim"
@@ -173,7 +176,6 @@ def test_two_gloo_ranks_report_what_one_process_reports():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     with mp.Manager() as manager:
         results = manager.dict()
         mp.start_processes(_rank, args=(2, port, results), nprocs=2, start_method="spawn")
