@@ -31,7 +31,8 @@ class InpaintPipelineConfig(Frozen):
     masks: str | None = Field(None, description="A mask dataset URL made by `visionflow ingest masks` "
                               "(default: draw one at --size with --train-masks and --test-per-bucket)")
     out: str | None = Field(None, description=MaskIngestConfig.model_fields["out"].description.split(";")[0])
-    size: int = Field(256, description="Image and mask side: 256 or 512 (the paper: 512)")
+    size: int = Field(128, description="Image and mask side, a multiple of 128 (the default is CPU-sized; "
+                      "the paper: 512; 256 is the 7-layer network's own size)")
     dataset: str = Field("inpaint", pattern=NAME, description="Dataset name under the root ({dataset}-{size})")
     train_masks: int = Field(1200, ge=1, description="Training masks to draw when --masks is not given")
     test_per_bucket: int = Field(20, ge=1, description="Test masks per bucket and border flag to draw "
@@ -39,8 +40,8 @@ class InpaintPipelineConfig(Frozen):
     perceptual: str = Field("models:/imagenet-vgg16@latest", description="VGG16 of the perceptual and "
                             "style losses: a models:/ URI (a vgg16 the ImageNet pipeline registered), "
                             "a state-dict file (torchvision's vgg16-397923af.pth), or 'random' (smoke runs)")
-    epochs: int | None = Field(None, ge=1, description="Epochs (default: the recipe's 10 + 1 fine-tuning; "
-                               "a shorter run keeps the ratio)")
+    epochs: int | None = Field(6, ge=1, description="Epochs, the last ~1/11 of them fine-tuning (CPU-sized "
+                               "default; the recipe's own is 10 + 1)")
     batch_size: int | None = Field(None, ge=1, description="Global batch size (default: the paper's 6)")
     lr: float | None = Field(None, gt=0, description="Stage-1 LR (default: the paper's 2e-4; stage 2 is a quarter)")
     width: float = Field(0.25, gt=0, le=4, description="U-Net channel width (1: the paper's network; "

@@ -54,6 +54,8 @@ class ImageRef:
 
 def scan(source: str) -> list[ImageRef]:
     """Every image of a tree or a shard dataset, sorted by name."""
+    if not storage.is_s3(source):
+        source = str(Path(source).expanduser())
     if storage.exists(storage.join(source, shards.MANIFEST)):
         manifest = shards.read_manifest(source)
         refs = [ImageRef(f"{split}/{sample['__key__']}", shard=ref.url)

@@ -32,8 +32,10 @@ def test_one_deployment_per_flow_on_the_local_pool(specs):
         "train-gpu": "flows/train.py:train",
         "imagenet-pipeline": "flows/imagenet.py:imagenet_pipeline",
         "imagenet-pipeline-gpu": "flows/imagenet.py:imagenet_pipeline",
+        "inpaint-pipeline": "flows/inpaint.py:inpaint_pipeline",
+        "inpaint-pipeline-gpu": "flows/inpaint.py:inpaint_pipeline",
     }
-    gpu = {"train-gpu", "imagenet-pipeline-gpu"}
+    gpu = {"train-gpu", "imagenet-pipeline-gpu", "inpaint-pipeline-gpu"}
     assert {s.pool for name, s in specs.items() if name not in gpu} == {LOCAL}
     for name in gpu:
         assert specs[name].pool == "visionflow-k8s-gpu"
