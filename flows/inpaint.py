@@ -53,6 +53,8 @@ def inpaint_pipeline(cfg: InpaintPipelineConfig) -> dict:
                                 max_steps_per_epoch=cfg.max_steps_per_epoch, options={"perceptual": vgg},
                                 run_name=cfg.run_name or f"{cfg.dataset}-{cfg.size}-pconv-unet"))
     scores = evaluate(EvaluateConfig(checkpoint_dir=trained["checkpoint_dir"], split="test", batch_size=16))
+    scores.update(evaluate(EvaluateConfig(checkpoint_dir=trained["checkpoint_dir"], split="test", batch_size=16,
+                                          untrained=True)))
     latency = steps.measure_latency(trained["checkpoint_dir"])
     return {"data": {"url": url, "masks": masks_url, "rejects": manifest["rejects"],
                      "samples": {split: s["samples"] for split, s in manifest["splits"].items()}},

@@ -69,5 +69,8 @@ class EvaluateConfig(Frozen):
     data: str | None = Field(None, description="Dataset URL (default: the one the run trained on)")
     split: str | None = Field(None, description="Split to score (default: the recipe's validation split)")
     batch_size: int = Field(500, ge=1, description="Evaluation batch size")
+    untrained: bool = Field(False, description="Score a freshly initialised network of the run's recipe "
+                            "(seeded as the run was) instead of its checkpoint: what training added; "
+                            "metrics named <split>/untrained/<metric>")
 
 

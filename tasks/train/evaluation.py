@@ -3,6 +3,7 @@ and log the metrics and the evaluator's plots and tables to the training run in 
 
 The checkpoint scored is ``best.pt`` (the epoch the recipe's selection metric liked best), or
 ``last.pt`` where there is no best; data is decoded as the validation of that epoch's phase.
+``untrained`` scores the network as the run initialised it instead, a baseline for any recipe.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ def score(cfg: EvaluateConfig) -> tuple[Job, dict, dict]:
 
     job, state = load_trained(cfg.checkpoint_dir)
     recipe = job.recipe
+    torch.manual_seed(job.config.seed)  # the initialisation the run started from
     model = job.build_model()
-    model.load_state_dict(state["model"])
+    if not cfg.untrained:
+        model.load_state_dict(state["model"])
     phase = job.sized(job.phase(state["epoch"]))
     if recipe.on_phase:  # the model as that epoch trained it (PConv's fine-tuning BN freeze)
         recipe.on_phase(model, job.phases.index(job.phase(state["epoch"])), phase)
@@ -48,13 +51,15 @@ def score(cfg: EvaluateConfig) -> tuple[Job, dict, dict]:
     stream = ShardStream(shards_of(data, split), recipe.decoder(phase, False), shuffle=False, policy="exact")
     loader = DataLoader(stream, batch_size=cfg.batch_size, collate_fn=recipe.collate(phase, False))
     device = torch.device("cpu")
-    evaluator = recipe.evaluator(EvalContext(job.classes, device, detailed=True))
+    evaluator = recipe.evaluator(EvalContext(job.classes, device, detailed=not cfg.untrained))
     metrics = run_evaluation(model, loader, recipe, evaluator, job.build_loss(device), device)
-    metrics = {f"{split}/{k}": v for k, v in metrics.items()}
+    prefix = f"{split}/untrained/" if cfg.untrained else f"{split}/"
+    metrics = {f"{prefix}{k}": v for k, v in metrics.items()}
     return job, metrics, evaluator.artifacts()
 
 
-def log_to_run(tracking_uri: str, run_id: str, metrics: dict, artifacts: dict) -> None:
+def log_to_run(tracking_uri: str, run_id: str, metrics: dict, artifacts: dict,
+               artifact_path: str = "evaluation") -> None:
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
@@ -66,14 +71,15 @@ def log_to_run(tracking_uri: str, run_id: str, metrics: dict, artifacts: dict) -
     with tempfile.TemporaryDirectory() as tmp:
         for name, blob in artifacts.items():
             Path(tmp, name).write_bytes(blob)
-            client.log_artifact(run_id, str(Path(tmp, name)), artifact_path="evaluation")
+            client.log_artifact(run_id, str(Path(tmp, name)), artifact_path=artifact_path)
 
 
 @task(name="evaluate", retries=1, retry_condition_fn=retry_unless_bad_input)
 def evaluate_task(cfg: EvaluateConfig) -> dict:
     job, metrics, artifacts = score(cfg)
     if job.mlflow_run_id:
-        log_to_run(job.tracking_uri, job.mlflow_run_id, metrics, artifacts)
+        log_to_run(job.tracking_uri, job.mlflow_run_id, metrics, artifacts,
+                   "evaluation/untrained" if cfg.untrained else "evaluation")
     get_run_logger().info("%s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/acc/" not in k))
     return {**metrics, "mlflow_run_id": job.mlflow_run_id, "tracking_uri": job.tracking_uri,
             "select": f"{cfg.split or job.recipe.val_split}/{job.recipe.select}"}

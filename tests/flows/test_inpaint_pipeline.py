@@ -78,6 +78,7 @@ def test_metrics_per_bucket_and_flag_for_the_network_and_both_baselines(run, hom
                 for flag in ("border", "no-border"):
                     assert f"test/{method}{metric}/{bucket}/{flag}" in scores
     assert 0 < scores["test/ssim"] <= 1 and scores["test/psnr"] > 0
+    assert {"test/untrained/l1_hole", "test/untrained/psnr/r50-60/border"} <= set(scores)
     assert scores["test/latency_s_512"] > 0
     client = MlflowClient(tracking_uri(home, os.environ))
     run_id = result["train"]["mlflow_run_id"]
