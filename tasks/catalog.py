@@ -19,6 +19,7 @@ RECIPES: dict[str, str] = {
     "resnet50": "tasks.imagenet.recipes:RESNET50",
     "resnet50_dawnbench": "tasks.imagenet.recipes:RESNET50_DAWNBENCH",
     "pconv_unet": "tasks.inpaint.recipes:PCONV_UNET",
+    "rfpose_student": "tasks.rfpose.recipes:RFPOSE_STUDENT",
 }
 
 

@@ -34,6 +34,7 @@ def test_one_deployment_per_flow_on_the_local_pool(specs):
         "imagenet-pipeline-gpu": "flows/imagenet.py:imagenet_pipeline",
         "inpaint-pipeline": "flows/inpaint.py:inpaint_pipeline",
         "inpaint-pipeline-gpu": "flows/inpaint.py:inpaint_pipeline",
+        "rfpose-pipeline": "flows/rfpose.py:rfpose_pipeline",
     }
     gpu = {"train-gpu", "imagenet-pipeline-gpu", "inpaint-pipeline-gpu"}
     assert {s.pool for name, s in specs.items() if name not in gpu} == {LOCAL}
