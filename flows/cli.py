@@ -134,7 +134,7 @@ def pipeline_inpaint(cfg: Annotated[InpaintPipelineConfig, Parameter(name="*")])
 
 
 @pipeline_app.command(name="rfpose")
-def pipeline_rfpose(cfg: Annotated[RfposePipelineConfig, Parameter(name="*")]):
+def pipeline_rfpose(cfg: Annotated[RfposePipelineConfig, Parameter(name="*")] = RfposePipelineConfig()):
     """RF heatmap + camera sessions (simulated, recorded or HuPR's) → sync → windows → student training → AP over OKS."""
     from flows.rfpose import rfpose_pipeline
 
@@ -158,7 +158,7 @@ def simulate_rfpose(cfg: Annotated[SimulateConfig, Parameter(name="*")]):
 
 
 @ingest_app.command(name="rfpose")
-def ingest_rfpose(cfg: Annotated[RfposeIngestConfig, Parameter(name="*")]):
+def ingest_rfpose(cfg: Annotated[RfposeIngestConfig, Parameter(name="*")] = RfposeIngestConfig()):
     """Recorded RF + camera sessions (or HuPR's layout) → clock sync → windows with teacher keypoints → shards."""
     from flows.rfpose import rfpose_ingest
 
