@@ -22,7 +22,7 @@ from tasks.rfpose.config import RfposeIngestConfig, RfposePipelineConfig, Simula
 
 @flow(name="rfpose-simulate")
 def rfpose_simulate(cfg: SimulateConfig) -> list[str]:
-    return steps.simulate(cfg.out, cfg.sessions, cfg.seconds, cfg.seed)
+    return steps.simulate(cfg.out, cfg.sessions, cfg.seconds, cfg.seed, cfg.rf_size)
 
 
 @flow(name="rfpose-ingest")
@@ -44,10 +44,11 @@ def rfpose_pipeline(cfg: RfposePipelineConfig) -> dict:
     home = resolve_home(os.environ)
     source = cfg.source
     if cfg.simulate:
-        source = str(home / "raw" / f"rfpose-sim-{cfg.simulate}x{cfg.seconds:g}s")
-        rfpose_simulate(SimulateConfig(out=source, sessions=cfg.simulate, seconds=cfg.seconds))
+        source = str(home / "raw" / f"rfpose-sim-{cfg.simulate}x{cfg.seconds:g}s-rf{cfg.rf_size}")
+        rfpose_simulate(SimulateConfig(out=source, sessions=cfg.simulate, seconds=cfg.seconds, rf_size=cfg.rf_size))
     data = rfpose_ingest(RfposeIngestConfig(source=source, hupr=cfg.hupr, out=cfg.out, dataset=cfg.dataset,
-                                            version=f"w{cfg.window}", window=cfg.window))
+                                            version=f"w{cfg.window}-rf{cfg.rf_size}" if cfg.simulate else f"w{cfg.window}",
+                                            window=cfg.window))
     trained = train(TrainConfig(recipe="rfpose_student", data=data["url"], epochs=cfg.epochs,
                                 batch_size=cfg.batch_size, lr=cfg.lr, width=cfg.width, nproc=cfg.nproc,
                                 num_workers=cfg.num_workers, max_steps_per_epoch=cfg.max_steps_per_epoch,

@@ -14,6 +14,7 @@ class SimulateConfig(Frozen):
     sessions: int = Field(8, ge=1, description="Sessions to simulate; every fourth is through-wall")
     seconds: float = Field(20.0, gt=0, description="Length of each session in seconds")
     seed: int = Field(0, description="Seed: the same seed writes the same sessions")
+    rf_size: int = Field(64, ge=16, description="RF heatmap side (depth and across bins)")
 
 
 class RfposeIngestConfig(Frozen):
@@ -31,12 +32,14 @@ class RfposeIngestConfig(Frozen):
 class RfposePipelineConfig(Frozen):
     simulate: int | None = Field(None, ge=1, description="Simulate this many sessions and train on them")
     seconds: float = Field(20.0, gt=0, description="Length of each simulated session")
+    rf_size: int = Field(32, ge=16, description="Simulated RF heatmap side (CPU-sized default; the student's "
+                         "maps are half of it)")
     source: str | None = Field(None, description=RfposeIngestConfig.model_fields["source"].description)
     hupr: str | None = Field(None, description=RfposeIngestConfig.model_fields["hupr"].description)
     out: str | None = Field(None, description=RfposeIngestConfig.model_fields["out"].description)
     dataset: str = Field("rfpose", pattern=NAME, description="Dataset name under the root")
     window: int = Field(16, ge=2, description="Frames per window (CPU-sized default; the paper's is 100)")
-    epochs: int | None = Field(None, ge=1, description="Epochs (default: the recipe's)")
+    epochs: int | None = Field(30, ge=1, description="Epochs (CPU-sized default; the recipe's own is 10)")
     batch_size: int | None = Field(None, ge=1, description="Global batch size (default: the recipe's)")
     lr: float | None = Field(None, gt=0, description="Peak LR (default: the recipe's)")
     width: float = Field(0.25, gt=0, le=4, description="Student channel width (1: the paper's; 0.25 is CPU-sized)")

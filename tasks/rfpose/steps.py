@@ -16,8 +16,9 @@ SIMULATED_SCENES = ("visible", "visible", "visible", "through-wall")
 
 
 @task(name="simulate-rfpose", **RETRY)
-def simulate(out: str, sessions: int, seconds: float, seed: int) -> list[str]:
-    paths = simulator.simulate(out, sessions=sessions, seconds=seconds, seed=seed, scenes=SIMULATED_SCENES)
+def simulate(out: str, sessions: int, seconds: float, seed: int, rf_size: int = 64) -> list[str]:
+    paths = simulator.simulate(out, sessions=sessions, seconds=seconds, seed=seed, scenes=SIMULATED_SCENES,
+                               rf_size=(rf_size, rf_size))
     get_run_logger().info("%d sessions of %.0f s in %s", len(paths), seconds, out)
     return [str(p) for p in paths]
 
