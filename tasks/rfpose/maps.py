@@ -39,16 +39,28 @@ def render(keypoints: np.ndarray, map_hw: tuple[int, int], image_wh: tuple[int, 
 
 def peaks(maps: torch.Tensor, threshold: float = PEAK) -> list[list[tuple[float, float, float]]]:
     """(14, h, w) probabilities → per keypoint, the local maxima (3×3) above ``threshold`` as
-    (x, y, value), strongest first."""
+    (x, y, value), strongest first, each refined to a fraction of a map pixel."""
     pooled = F.max_pool2d(maps[None], 3, stride=1, padding=1)[0]
     found = (maps == pooled) & (maps > threshold)
+    logs = maps.clamp(min=1e-6).log()
     out = []
     for k in range(maps.shape[0]):
         ys, xs = torch.nonzero(found[k], as_tuple=True)
         values = maps[k, ys, xs]
         order = torch.argsort(values, descending=True)
-        out.append([(float(xs[i]), float(ys[i]), float(values[i])) for i in order])
+        out.append([(float(xs[i]) + offset(logs[k, ys[i]], int(xs[i])),
+                     float(ys[i]) + offset(logs[k, :, xs[i]], int(ys[i])), float(values[i])) for i in order])
     return out
+
+
+def offset(line: torch.Tensor, i: int) -> float:
+    """Sub-pixel position of the peak at ``line[i]`` (log values): the vertex of the parabola
+    through it and its neighbours, exact for a Gaussian; 0 at an edge."""
+    if i == 0 or i == len(line) - 1:
+        return 0.0
+    left, centre, right = float(line[i - 1]), float(line[i]), float(line[i + 1])
+    curve = left - 2 * centre + right
+    return 0.0 if curve >= 0 else max(-0.5, min(0.5, 0.5 * (left - right) / curve))
 
 
 def people(maps: torch.Tensor, image_wh: tuple[int, int], threshold: float = PEAK) -> list[dict]:

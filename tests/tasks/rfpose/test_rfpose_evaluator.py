@@ -88,3 +88,11 @@ def test_blank_maps_find_nobody_and_score_zero():
     logits, targets, inputs = batch([0])
     evaluator.update(torch.full_like(logits, -9.0), targets, inputs)
     assert evaluator.compute()["ap"] == 0.0
+
+
+def test_peaks_are_refined_below_a_map_pixel():
+    kp = np.full((1, 14, 3), np.nan, np.float32)
+    kp[0, 13] = [53.0, 47.0, 2]  # neck at map (10.6, 6.27) of a 32 × 32 map over 160 × 120
+    probs = torch.from_numpy(maps.render(kp, MAP, (W, H)))
+    [(x, y, _)] = maps.peaks(probs)[13]
+    assert x == pytest.approx(53.0 * 32 / W, abs=0.02) and y == pytest.approx(47.0 * 32 / H, abs=0.02)
