@@ -2,7 +2,7 @@
 with pycocotools' keypoint AP over OKS and CrowdPose's 14 sigmas (``tasks/rfpose/oks.py``),
 overall and per scene.
 
-    evaluator.update(logits, (teacher, labelled, keypoints, scene, image), inputs)
+    evaluator.update(logits, (teacher, labelled, keypoints, bboxes, scene, image), inputs)
     evaluator.compute()     # {"ap", "ap50", "ap75", "ar", "visible/ap", "through-wall/ap", …}
     evaluator.artifacts()   # ground_truth.json (COCO), predictions.json (COCO results), strip.png
 
@@ -36,19 +36,20 @@ class PoseEvaluator:
         self.results: list[dict] = []
 
     def update(self, logits: torch.Tensor, targets: tuple, inputs: tuple) -> None:
-        _, labelled, keypoints, scene, image = targets
+        _, labelled, keypoints, bboxes, scene, image = targets
         probs = logits.float().sigmoid().cpu()  # (B, 14, T, h, w)
         labelled = labelled.cpu()
         for b in range(probs.shape[0]):
             wh = tuple(int(v) for v in image[b])
             for t in torch.nonzero(labelled[b]).flatten().tolist():
-                truth = [p for p in keypoints[b, t].numpy() if np.isfinite(p[:, :2]).all(axis=1).any()]
+                truth = present(keypoints[b, t].numpy(), bboxes[b, t].numpy())
                 predicted = maps.people(probs[b, :, t], wh)
                 self.records.append({"scene": SCENES[int(scene[b])], "width": wh[0], "height": wh[1],
-                                     "people": [person_record(p) for p in truth], "pred": predicted})
+                                     "people": [person_record(p, box) for p, box in truth], "pred": predicted})
                 if self.detailed and len(self.strip) < STRIP:
                     self.strip.append({"hori": magnitude(inputs[0][b, :, t]), "vert": magnitude(inputs[1][b, :, t]),
-                                       "map": probs[b, :, t].amax(0).numpy(), "truth": truth, "pred": predicted,
+                                       "map": probs[b, :, t].amax(0).numpy(), "truth": [p for p, _ in truth],
+                                       "pred": predicted,
                                        "image": wh, "scene": SCENES[int(scene[b])]})
 
     def compute(self) -> dict[str, float]:
@@ -72,14 +73,17 @@ class PoseEvaluator:
         return out
 
 
-def person_record(keypoints: np.ndarray) -> dict:
-    """A teacher person (14, 3), NaN where unknown → COCO's record with its keypoints' bbox."""
+def present(keypoints: np.ndarray, bboxes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (keypoints (14, 3), bbox (4,)) of the people a frame holds (padding rows are NaN)."""
+    return [(p, box) for p, box in zip(keypoints, bboxes) if np.isfinite(p[:, :2]).all(axis=1).any()]
+
+
+def person_record(keypoints: np.ndarray, bbox: np.ndarray) -> dict:
+    """A teacher person → COCO's record: keypoints with v = 0 where unknown, and the teacher's
+    bbox, whose area (0.53 × w × h) is the OKS scale."""
     kp = np.nan_to_num(keypoints, nan=0.0)
     kp[~np.isfinite(keypoints).all(axis=1), 2] = 0
-    present = kp[kp[:, 2] > 0, :2]
-    x0, y0 = present.min(axis=0) if len(present) else (0.0, 0.0)
-    x1, y1 = present.max(axis=0) if len(present) else (1.0, 1.0)
-    return {"keypoints": kp.tolist(), "bbox": [float(x0), float(y0), float(max(x1 - x0, 1)), float(max(y1 - y0, 1))]}
+    return {"keypoints": kp.tolist(), "bbox": [float(v) for v in bbox]}
 
 
 def score(gt: dict, results: list, prefix: str, ids: list[int] | None = None) -> dict[str, float]:

@@ -20,6 +20,8 @@ One sample per window, key ``<session>-<first frame:06d>``::
     kp.npy        (T, P, 14, 3) float32  teacher keypoints (x, y, v) in image pixels, CrowdPose
                   order; P = most people on a labelled frame of the window; NaN rows pad a frame
                   with fewer, and an unlabelled frame is all NaN
+    bbox.npy      (T, P, 4) float32  each teacher person's bbox [x, y, w, h] in image pixels
+                  (NaN where kp is): the OKS scale of the evaluation
     labelled.npy  (T,) bool  the frame has a teacher label (sync's ``label_index >= 0``; a
                   labelled camera frame with nobody in it is labelled, with P NaN rows)
     json          {"session", "frames": [first, stop), "scene", "people": P,
@@ -68,7 +70,7 @@ from tasks.rfpose.skeleton import KEYPOINTS, K
 from tasks.rfpose.sync import synchronize
 from tasks.rfpose.windows import plan_windows, reasons, window_session
 
-FORMAT = "visionflow.rfpose-windows/1"
+FORMAT = "visionflow.rfpose-windows/2"
 SPLITS = ("train", "val", "test")
 SHARD_SIZE = 64  # windows per shard: ~64 × 2 × 100 × 2 × 64 × 64 × 2 bytes ≈ 200 MB at the paper's size
 CHUNK = 256  # frames per block when scanning a session's heatmaps
@@ -238,13 +240,15 @@ def window_sample(session: Session, s: Survey, first: int, stop: int) -> dict:
     people = [session.labels[int(c)] if c >= 0 else [] for c in label_index]
     P = max(map(len, people), default=0)
     kp = np.full((stop - first, P, K, 3), np.nan, np.float32)
+    bbox = np.full((stop - first, P, 4), np.nan, np.float32)
     for t, frame_people in enumerate(people):
         for j, person in enumerate(frame_people):
             kp[t, j] = person["keypoints"]
+            bbox[t, j] = person["bbox"]
     return {"__key__": f"{s.name}-{first:06d}",
             "hori.npy": npy(rf_window(session.horizontal, first, stop, s.rf_scale)),
             "vert.npy": npy(rf_window(session.vertical, first, stop, s.rf_scale)),
-            "kp.npy": npy(kp), "labelled.npy": npy(label_index >= 0),
+            "kp.npy": npy(kp), "bbox.npy": npy(bbox), "labelled.npy": npy(label_index >= 0),
             "json": {"session": s.name, "frames": [first, stop], "scene": s.scene, "people": P,
                      "image": list(s.image), "rf_scale": s.rf_scale}}
 

@@ -39,7 +39,8 @@ def two_channels(frames: torch.Tensor) -> torch.Tensor:
 
 def decode(sample: dict) -> tuple:
     """A window → (horizontal, vertical (C, T, H, W) float32, teacher maps (14, T, H/2, W/2),
-    teacher keypoints (T, MAX_PEOPLE, 14, 3) NaN-padded, labelled (T,), scene index, image size)."""
+    teacher keypoints (T, MAX_PEOPLE, 14, 3) and bboxes (T, MAX_PEOPLE, 4), NaN-padded,
+    labelled (T,), scene index, image size)."""
     meta = json.loads(sample["json"])
     hori, vert = (two_channels(torch.from_numpy(_npy(sample[k]).astype(np.float32))) for k in ("hori.npy", "vert.npy"))
     kp = _npy(sample["kp.npy"]).astype(np.float32)  # (T, P, 14, 3)
@@ -47,10 +48,13 @@ def decode(sample: dict) -> tuple:
     _, t, h, w = hori.shape
     image = tuple(meta["image"])
     teacher = np.stack([maps.render(kp[f], (h // 2, w // 2), image) for f in range(t)], axis=1)
-    padded = np.full((t, maps.MAX_PEOPLE, kp.shape[2], 3), np.nan, np.float32)
-    padded[:, : min(kp.shape[1], maps.MAX_PEOPLE)] = kp[:, : maps.MAX_PEOPLE]
-    return (hori, vert, torch.from_numpy(teacher), torch.from_numpy(padded), torch.from_numpy(labelled),
-            SCENES.index(meta["scene"]), torch.tensor(image))
+    bbox = _npy(sample["bbox.npy"]).astype(np.float32)  # (T, P, 4)
+    people = np.full((t, maps.MAX_PEOPLE, kp.shape[2], 3), np.nan, np.float32)
+    boxes = np.full((t, maps.MAX_PEOPLE, 4), np.nan, np.float32)
+    people[:, : kp.shape[1]] = kp[:, : maps.MAX_PEOPLE]
+    boxes[:, : bbox.shape[1]] = bbox[:, : maps.MAX_PEOPLE]
+    return (hori, vert, torch.from_numpy(teacher), torch.from_numpy(people), torch.from_numpy(boxes),
+            torch.from_numpy(labelled), SCENES.index(meta["scene"]), torch.tensor(image))
 
 
 def decoder(phase: Phase, train: bool):
@@ -58,9 +62,9 @@ def decoder(phase: Phase, train: bool):
 
 
 def to_device(batch, device: torch.device):
-    hori, vert, teacher, kp, labelled, scene, image = batch
+    hori, vert, teacher, kp, bbox, labelled, scene, image = batch
     return ((hori.to(device, non_blocking=True), vert.to(device, non_blocking=True)),
-            (teacher.to(device), labelled.to(device), kp, scene, image))
+            (teacher.to(device), labelled.to(device), kp, bbox, scene, image))
 
 
 def masked_bce(logits: torch.Tensor, targets) -> torch.Tensor:

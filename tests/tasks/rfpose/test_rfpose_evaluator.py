@@ -64,7 +64,11 @@ def batch(scene_of_window):
         logits[b, :, 0] = logits_of([kp[b, 0, 0]])
     labelled = torch.tensor([[True, False]] * len(scene_of_window))
     image = torch.tensor([[W, H]] * len(scene_of_window))
-    targets = (None, labelled, torch.from_numpy(kp), torch.tensor(scene_of_window), image)
+    box = np.full(kp.shape[:3] + (4,), np.nan, np.float32)
+    for b in range(len(scene_of_window)):
+        p = kp[b, 0, 0]
+        box[b, 0, 0] = [p[:, 0].min(), p[:, 1].min(), np.ptp(p[:, 0]), np.ptp(p[:, 1])]
+    targets = (None, labelled, torch.from_numpy(kp), torch.from_numpy(box), torch.tensor(scene_of_window), image)
     inputs = (torch.randn(len(scene_of_window), 2, t, 64, 64),) * 2
     return logits, targets, inputs
 

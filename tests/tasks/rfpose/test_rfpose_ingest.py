@@ -101,7 +101,8 @@ def test_samples_hold_scaled_heatmaps_teacher_keypoints_and_labelled_flags(batch
         assert np.array_equal(hori, expect)
         assert np.array_equal(vert, (s.vertical[first:stop] / np.float32(meta["rf_scale"])).astype(np.float16)
                               .transpose(1, 0, 2, 3))
-        labelled, kp = npy(sample["labelled.npy"]), npy(sample["kp.npy"])
+        labelled, kp, bbox = npy(sample["labelled.npy"]), npy(sample["kp.npy"]), npy(sample["bbox.npy"])
+        assert bbox.shape == (T, meta["people"], 4) and np.isnan(bbox[~labelled]).all()
         index = sync.label_index[first:stop]
         assert labelled.dtype == bool and np.array_equal(labelled, index >= 0)
         people = [s.labels[int(c)] if c >= 0 else [] for c in index]
@@ -112,6 +113,7 @@ def test_samples_hold_scaled_heatmaps_teacher_keypoints_and_labelled_flags(batch
             assert np.isnan(kp[t, n:]).all()
             for j, person in enumerate(people[t]):
                 assert np.array_equal(kp[t, j], person["keypoints"])
+                assert np.allclose(bbox[t, j], person["bbox"])
             seen_unlabelled |= not labelled[t]
         assert np.isnan(kp[~labelled]).all()
     assert seen_unlabelled  # the camera runs at half the radio's rate
