@@ -81,6 +81,12 @@ def read_hupr(root: Path, split: str, sequences: list[int] | None = None, reduce
     root = Path(root).resolve()
     if reduce not in REDUCTIONS:
         raise SessionError(f"HuPR {root}: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    people = split_annotations(root, split, sequences)
+    return [read_sequence(root / f"single_{k}", people[k], reduce) for k in sorted(people)]
+
+
+def split_annotations(root: Path, split: str, sequences=None) -> dict[int, dict[int, list[dict]]]:
+    """``hrnet_annot_<split>.json`` read and checked: sequence → frame → people."""
     file = f"hrnet_annot_{split}.json"
     try:
         doc = json.loads((root / file).read_text())
@@ -88,8 +94,7 @@ def read_hupr(root: Path, split: str, sequences: list[int] | None = None, reduce
         raise SessionError(f"HuPR {root}: {file}: missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SessionError(f"HuPR {root}: {file}: cannot read as JSON ({exc})") from None
-    people = read_annotations(root, file, doc, split, sequences)
-    return [read_sequence(root / f"single_{k}", people[k], reduce) for k in sorted(people)]
+    return read_annotations(root, file, doc, split, sequences)
 
 
 def read_annotations(root: Path, file: str, doc, split: str, sequences) -> dict[int, dict[int, list[dict]]]:

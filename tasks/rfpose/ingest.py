@@ -64,7 +64,7 @@ import numpy as np
 
 from tasks.data import shards
 from tasks.errors import BadInput
-from tasks.rfpose.hupr import REDUCTIONS as HUPR_REDUCTIONS, read_annotations, read_sequence
+from tasks.rfpose.hupr import REDUCTIONS as HUPR_REDUCTIONS, read_sequence, split_annotations
 from tasks.rfpose.sessions import Session, SessionError, fail, find_sessions, read_session
 from tasks.rfpose.skeleton import KEYPOINTS, K
 from tasks.rfpose.sync import synchronize
@@ -365,14 +365,7 @@ def hupr_sources(root: Path, splits: Sequence[str] = SPLITS, reduce: str = "powe
         raise SessionError(f"HuPR {root}: reduce must be one of {', '.join(HUPR_REDUCTIONS)}, got {reduce!r}")
     out = []
     for split in splits:
-        file = f"hrnet_annot_{split}.json"
-        try:
-            doc = json.loads((root / file).read_text())
-        except FileNotFoundError:
-            raise SessionError(f"HuPR {root}: {file}: missing") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SessionError(f"HuPR {root}: {file}: cannot read as JSON ({exc})") from None
-        people = read_annotations(root, file, doc, split, None)
+        people = split_annotations(root, split)
         out += [Source(f"single_{k}", partial(read_sequence, root / f"single_{k}", people[k], reduce), split)
                 for k in sorted(people)]
     return out
