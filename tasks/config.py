@@ -62,6 +62,23 @@ class TrainConfig(Frozen):
                                    "e.g. mnist, imagenet)")
     options: dict[str, str] = Field({}, description="Recipe options, name: value (e.g. perceptual: "
                                     "models:/imagenet-vgg16@latest for pconv_unet); each recipe lists its own")
+    launcher: Literal["torchrun", "ray"] = Field("torchrun", description="What starts the training "
+                                                  "processes: torchrun (elastic agents, one per node) or Ray "
+                                                  "Train's TorchTrainer (nproc × nnodes workers)")
+    ray_address: str | None = Field(None, description="Ray cluster to run on with launcher=ray (e.g. auto, "
+                                    "ray://head:10001); default: start a local Ray instance")
+    max_restarts: int = Field(0, ge=0, description="Times a failed worker group is restarted from the last "
+                              "checkpoint (torchrun --max-restarts; Ray FailureConfig(max_failures))")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Also checkpoint every N optimizer "
+                                               "steps inside an epoch, with the data position, so a restart "
+                                               "loses at most N steps (default: at epoch ends only)")
+    sample_ledger: bool = Field(False, description="Write the keys each rank trained on to "
+                                "<checkpoint_dir>/ledger/epoch-<E>/rank-<R>.txt, cut back to the checkpoint "
+                                "on resume (an exactly-once audit; needs a local checkpoint_dir)")
+    ddp_bucket_mb: int = Field(25, ge=1, description="DDP gradient bucket size in MiB (PyTorch's default 25)")
+    ddp_compression: Literal["none", "fp16", "bf16"] = Field("none", description="All-reduce gradients "
+                                                             "in fp16 or bf16 (a DDP comm hook): half the bytes "
+                                                             "on the wire; see bench/scaling_model.py for when it pays")
 
 
 class EvaluateConfig(Frozen):

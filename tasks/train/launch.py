@@ -71,7 +71,8 @@ def variant_names(recipe) -> list[str]:
 
 # What may change when a run is resumed: its length and where and how wide it runs.
 RESUMABLE_CHANGES = {"epochs", "nproc", "nnodes", "rdzv_endpoint", "device", "num_workers",
-                     "max_steps_per_epoch", "checkpoint_dir", "gpu_decode"}
+                     "max_steps_per_epoch", "checkpoint_dir", "gpu_decode", "launcher", "ray_address",
+                     "max_restarts", "checkpoint_every_steps", "ddp_bucket_mb", "ddp_compression"}
 
 
 def _check_same_run(new: TrainConfig, old: TrainConfig, checkpoint_dir: str) -> None:
@@ -102,9 +103,10 @@ def torchrun_command(job: Job, job_file: Path) -> list[str]:
     cfg = job.config
     nproc = processes_per_node(cfg)
     engine = ["-m", "tasks.train.engine", "--job", str(job_file)]
-    if nproc == 1 and cfg.nnodes == 1:
+    if nproc == 1 and cfg.nnodes == 1 and not cfg.max_restarts:
         return [sys.executable, *engine]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           f"--max-restarts={cfg.max_restarts}"]
     if cfg.nnodes > 1:
         if not cfg.rdzv_endpoint:
             raise TrainingError(f"nnodes={cfg.nnodes} needs rdzv_endpoint (host:port of node 0)")
