@@ -1,7 +1,8 @@
 """Stream a split's WebDataset shards (local or S3) into a DataLoader, split across DDP ranks.
 
 Each epoch the shards are ordered by a permutation of (seed, epoch) and the concatenated sample
-sequence is cut into equal contiguous ranges, one per rank and then one per DataLoader worker.
+sequence is cut into equal contiguous ranges, one per rank and then one per DataLoader worker
+(the epoch's plan, ``tasks/data/plan.py``; a resumed epoch brings its own).
 Every rank therefore sees the same number of samples (``policy="pad"`` repeats the first samples
 to fill the last rank, ``"drop"`` drops the remainder; ``"exact"`` gives each sample exactly once
 with ranks differing by at most one, for evaluation), so DDP never hangs on an uneven split.
@@ -15,18 +16,18 @@ from __future__ import annotations
 
 import functools
 import io
-import math
 import random
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, default_collate, get_worker_info
 
 from tasks.data import shards, storage, tarstream
+from tasks.data.plan import EpochPlan, expand, part_rng, plan_epoch, shuffled
 
 Policy = Literal["pad", "drop", "exact"]
 
@@ -43,14 +44,6 @@ def shards_of(dataset_url: str, split: str, manifest: dict | None = None) -> lis
         raise shards.ShardError(f"{dataset_url}: no split {split!r}; it has {sorted(manifest['splits'])}")
     return [ShardRef(storage.join(dataset_url, s["name"]), s["samples"])
             for s in manifest["splits"][split]["shards"]]
-
-
-def rank_range(total: int, rank: int, world_size: int, policy: Policy) -> tuple[int, int]:
-    """The [start, stop) slice of the (possibly padded) global sample sequence for one rank."""
-    if policy == "exact":
-        return total * rank // world_size, total * (rank + 1) // world_size
-    per_rank = math.ceil(total / world_size) if policy == "pad" else total // world_size
-    return rank * per_rank, (rank + 1) * per_rank
 
 
 def segments(sizes: list[int], start: int, stop: int) -> list[tuple[int, int, int]]:
@@ -80,10 +73,37 @@ def read_shard(url: str) -> Iterator[dict[str, Any]]:
             raise shards.ShardError(f"{url}: {exc}") from None
 
 
+class Tracked(NamedTuple):
+    """A sample as the engine's tracking loader sees it: where it came from, then its decoding."""
+
+    part: int          # the plan part (rank × workers + worker) that read it
+    key: str
+    padding: bool      # a repeat that evens out the ranks' shares
+    item: Any
+
+
+class TrackedBatch(NamedTuple):
+    part: int
+    keys: list[str]
+    padding: list[bool]
+    batch: Any
+
+
+class TrackedCollate:
+    """Collate ``Tracked`` samples: their keys beside the recipe's batch (one worker, one part)."""
+
+    def __init__(self, collate: Callable | None):
+        self.collate = collate or default_collate
+
+    def __call__(self, items: list[Tracked]) -> TrackedBatch:
+        return TrackedBatch(items[0].part, [t.key for t in items], [t.padding for t in items],
+                            self.collate([t.item for t in items]))
+
+
 class ShardStream(IterableDataset):
     def __init__(self, shard_refs: list[ShardRef], decode: Callable[[dict], Any], *, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle: bool = True,
-                 shuffle_buffer: int = 1000, policy: Policy = "pad"):
+                 shuffle_buffer: int = 1000, policy: Policy = "pad", workers: int = 1):
         if not shard_refs:
             raise shards.ShardError("no shards to read")
         self.shard_refs = list(shard_refs)
@@ -93,35 +113,50 @@ class ShardStream(IterableDataset):
         self.policy = policy
         self.epoch = 0
         self.total = sum(s.samples for s in self.shard_refs)
+        self.plan = plan_epoch(self.total, world_size, workers, policy)
+        self.skip: dict[int, int] = {}  # part → samples it handed out before a resume
+        self.rotation = 0               # worker w reads part (w + rotation) % workers
+        self.track = False              # yield Tracked(part, key, padding, item) instead of item
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, plan: EpochPlan | None = None, skip: dict[int, int] | None = None,
+                  rotation: int = 0) -> None:
+        """The next epoch to read; a resumed one with its plan, what each part had handed out,
+        and which worker the DataLoader's round robin was at."""
         self.epoch = epoch
+        self.plan = plan or plan_epoch(self.total, self.world_size, self.plan.workers, self.policy)
+        self.skip, self.rotation = dict(skip or {}), rotation
 
     def __len__(self) -> int:
-        start, stop = rank_range(self.total, self.rank, self.world_size, self.policy)
-        return stop - start
+        return self.plan.rank_samples(self.rank)
 
-    def _order(self) -> list[ShardRef]:
+    def order(self, epoch: int) -> list[ShardRef]:
         refs = list(self.shard_refs)
         if self.shuffle:
-            random.Random(f"{self.seed}:{self.epoch}").shuffle(refs)
+            random.Random(f"{self.seed}:{epoch}").shuffle(refs)
         return refs
 
     def __iter__(self) -> Iterator[Any]:
         worker = get_worker_info()
         worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
-        refs = self._order()
-        start, stop = rank_range(self.total, self.rank, self.world_size, self.policy)
-        n = stop - start
-        w_start, w_stop = start + n * worker_id // num_workers, start + n * (worker_id + 1) // num_workers
-        samples = self._samples(refs, segments([r.samples for r in refs], w_start, w_stop))
+        if num_workers != self.plan.workers:
+            if self.skip or self.plan.generation:
+                raise ValueError(f"the resumed epoch was planned for {self.plan.workers} DataLoader "
+                                 f"workers; this loader has {num_workers}")
+            self.plan = plan_epoch(self.total, self.world_size, num_workers, self.policy)
+        part = self.plan.part(self.rank, (worker_id + self.rotation) % num_workers)
+        refs = self.order(self.epoch)
+        sizes = [r.samples for r in refs]
+        pieces = [piece for a, b in self.plan.parts[part] for piece in segments(sizes, a, b)]
+        samples = zip(expand(self.plan.parts[part]).tolist(), self._samples(refs, pieces))
         if self.shuffle:
-            rng = random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker_id}")
-            samples = _shuffled(samples, self.shuffle_buffer, rng)
-        for sample in samples:
+            samples = shuffled(samples, self.shuffle_buffer, part_rng(self.seed, self.epoch, self.plan, part))
+        for _ in range(self.skip.get(part, 0)):  # handed out before the stop: read, not decoded
+            next(samples)
+        for position, sample in samples:
             # Augmentation randomness per (seed, epoch, sample), whichever rank or worker reads it.
             sample["__seed__"] = zlib.crc32(f"{self.seed}:{self.epoch}:{sample['__key__']}".encode())
-            yield self.decode(sample)
+            item = self.decode(sample)
+            yield Tracked(part, sample["__key__"], position >= self.total, item) if self.track else item
 
     @staticmethod
     def _samples(refs: list[ShardRef], pieces) -> Iterator[dict]:
@@ -137,19 +172,6 @@ class ShardStream(IterableDataset):
             if count != last - first:
                 raise shards.ShardError(f"{refs[shard].url}: holds fewer samples than its manifest "
                                         f"entry ({refs[shard].samples}); the shard is damaged")
-
-
-def _shuffled(samples: Iterator, size: int, rng: random.Random) -> Iterator:
-    buffer: list = []
-    for sample in samples:
-        if len(buffer) < size:
-            buffer.append(sample)
-            continue
-        i = rng.randrange(len(buffer))
-        buffer[i], sample = sample, buffer[i]
-        yield sample
-    rng.shuffle(buffer)
-    yield from buffer
 
 
 # --- decoders: image bytes and labels, never pickle ------------------------------------------

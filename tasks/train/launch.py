@@ -1,8 +1,9 @@
 """Launch the training engine under torchrun, as a subprocess of a Prefect task.
 
 The task never joins a process group itself: it resolves the job, makes (or finds again) the
-MLflow run, and starts ``torchrun … -m tasks.engine``. A retry launches the same job, which
-resumes from the last checkpoint, so a retry is never a restart from step 0.
+MLflow run, and starts ``torchrun … -m tasks.engine`` (or, with ``launcher="ray"``, Ray Train's
+``TorchTrainer``: ``tasks/train/ray_launch.py``). A retry launches the same job, which resumes
+from the last checkpoint, so a retry is never a restart from step 0.
 """
 
 from __future__ import annotations
@@ -123,7 +124,12 @@ def launch(job: Job, log=print) -> dict:
 
 
 def run_to_end(job: Job, log=print) -> dict:
-    """Run the job to completion under torchrun; returns the final checkpoint (read once)."""
+    """Run the job to completion under torchrun (or Ray Train, ``launcher="ray"``: see
+    ``tasks/train/ray_launch.py``); returns the final checkpoint (read once)."""
+    if job.config.launcher == "ray":
+        from tasks.train.ray_launch import run_on_ray
+
+        return run_on_ray(job, log)
     with tempfile.TemporaryDirectory(prefix="vf-job-") as tmp:
         job_file = Path(tmp, "job.json")
         job_file.write_text(job.to_json())
@@ -134,11 +140,8 @@ def run_to_end(job: Job, log=print) -> dict:
         for line in proc.stdout:
             line = line.rstrip()
             output = (output + [line])[-400:]
-            if line.startswith('{"event": "epoch"'):
-                log(_epoch_line(json.loads(line), job))
-            elif line.startswith('{"event": "progress"'):
-                event = json.loads(line)
-                log(f"  step {event['step']}/{event['steps']}  loss {event['loss']:.4f}")
+            if line.startswith('{"event": '):
+                log_event(json.loads(line), job, log)
         if proc.wait() != 0:
             raise TrainingError(f"training exited with code {proc.returncode}; {_rank_failure(output)}")
     state = load_checkpoint(storage.join(job.checkpoint_dir, CHECKPOINT))
@@ -160,6 +163,19 @@ def _rank_failure(lines: list[str], limit: int = 40) -> str:
         trace = lines[len(lines) - 1 - lines[::-1].index("Traceback (most recent call last):"):]
         return f"{trace[-1]}\n" + "\n".join(trace[-limit:])
     return "\n".join(lines[-limit:])
+
+
+def log_event(event: dict, job: Job, log) -> None:
+    """The engine's epoch, progress and resume events as log lines (checkpoints are not logged)."""
+    if event["event"] == "epoch":
+        log(_epoch_line(event, job))
+    elif event["event"] == "progress":
+        log(f"  step {event['step']}/{event['steps']}  loss {event['loss']:.4f}")
+    elif event["event"] == "resume":
+        how = f"re-planned for {event['world_size']} ranks" if event["replanned"] else "same plan"
+        padding = f", {event['padding']} padding samples" if event["padding"] else ""
+        log(f"resumed epoch {event['epoch'] + 1} after step {event['step']} ({event['samples']} samples "
+            f"trained; {how}{padding})")
 
 
 def _epoch_line(m: dict, job: Job) -> str:

@@ -4,7 +4,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from tasks.data import shards
-from tasks.data.reader import ShardRef, ShardStream, rank_range, segments
+from tasks.data.plan import plan_epoch
+from tasks.data.reader import ShardRef, ShardStream, segments
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_segments_wrap_around_for_padding():
 
 @pytest.mark.parametrize("policy, counts", [("pad", [8, 8, 8]), ("drop", [7, 7, 7]), ("exact", [7, 8, 8])])
 def test_rank_ranges(policy, counts):
-    assert [b - a for a, b in (rank_range(23, r, 3, policy) for r in range(3))] == counts
+    assert [plan_epoch(23, 3, 2, policy).rank_samples(r) for r in range(3)] == counts
 
 
 @pytest.mark.parametrize("workers", [0, 2])
