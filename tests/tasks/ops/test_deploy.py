@@ -30,6 +30,7 @@ def test_one_deployment_per_flow_on_the_local_pool(specs):
         "evaluate": "flows/evaluate.py:evaluate",
         "imagenet-ingest": "flows/imagenet.py:imagenet_ingest",
         "train-gpu": "flows/train.py:train",
+        "train-ray": "flows/train.py:train",
         "imagenet-pipeline": "flows/imagenet.py:imagenet_pipeline",
         "imagenet-pipeline-gpu": "flows/imagenet.py:imagenet_pipeline",
         "inpaint-pipeline": "flows/inpaint.py:inpaint_pipeline",
@@ -37,15 +38,17 @@ def test_one_deployment_per_flow_on_the_local_pool(specs):
         "rfpose-pipeline": "flows/rfpose.py:rfpose_pipeline",
     }
     gpu = {"train-gpu", "imagenet-pipeline-gpu", "inpaint-pipeline-gpu"}
-    assert {s.pool for name, s in specs.items() if name not in gpu} == {LOCAL}
+    assert {s.pool for name, s in specs.items() if name not in gpu | {"train-ray"}} == {LOCAL}
     for name in gpu:
         assert specs[name].pool == "visionflow-k8s-gpu"
         assert specs[name].env_vars == ("VISIONFLOW_IMAGE",)
+    assert specs["train-ray"].pool == "visionflow-k8s-ray"
+    assert specs["train-ray"].env_vars == ("VISIONFLOW_IMAGE",)
 
 
 def test_schedules_nightly_pipeline_and_costly_ones_inactive(specs):
     assert [(s["cron"], s["active"]) for s in specs["mnist-pipeline"].schedules] == [("0 2 * * *", True)]
-    for name in ("train", "imagenet-ingest", "train-gpu", "imagenet-pipeline", "imagenet-pipeline-gpu"):
+    for name in ("train", "imagenet-ingest", "train-gpu", "train-ray", "imagenet-pipeline", "imagenet-pipeline-gpu"):
         assert [s["active"] for s in specs[name].schedules] == [False], name
 
 
@@ -69,6 +72,8 @@ def test_the_gpu_pool_template_requests_gpus_and_takes_the_yaml_job_variables():
     raw = yaml.safe_load(PREFECT_FILE.read_text())
     job_variables = raw["definitions"]["work_pools"]["k8s_gpu"]["job_variables"]
     assert set(job_variables) <= set(template["variables"]["properties"])
+    ray_template = json.loads((REPO / "infra" / "k8s" / "prefect-rayjob-job-template.json").read_text())
+    assert set(raw["definitions"]["work_pools"]["k8s_ray"]["job_variables"]) <= set(ray_template["variables"]["properties"])
 
 
 def test_plan_skips_what_cannot_be_registered_yet(specs, tmp_path):

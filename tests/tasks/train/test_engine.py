@@ -81,3 +81,11 @@ def test_resuming_with_other_parameters_is_refused(dataset, tmp_path):
     assert longer.mlflow_run_id == job.mlflow_run_id and longer.epochs == 9
     with pytest.raises(TrainingError, match=r"started with other parameters \(lr None → 0.5\)"):
         prepare(cfg.model_copy(update={"lr": 0.5}), tmp_path, uri)
+
+
+@pytest.mark.parametrize("compression", ["fp16", "bf16"])
+def test_gradients_all_reduced_in_half_precision_still_train(dataset, tmp_path, compression):
+    result = launch(_job(dataset, tmp_path, epochs=1, ddp_compression=compression, ddp_bucket_mb=1))
+    state = load_checkpoint(storage.join(str(tmp_path), CHECKPOINT))
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert result["val/top1"] > 0.2
