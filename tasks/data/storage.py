@@ -151,6 +151,33 @@ def write_bytes(url: str, data: bytes) -> None:
     _s3_call(url, _client().put_object, Bucket=bucket, Key=key, Body=data)
 
 
+def create(url: str, data: bytes) -> bool:
+    """Write ``data`` to ``url`` only if nothing is there yet, atomically; False when another
+    writer got there first (a hard link locally, a conditional PUT, If-None-Match, on S3)."""
+    if not is_s3(url):
+        path = Path(url)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.create.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+    from botocore.exceptions import ClientError
+
+    bucket, key = _split(url)
+    try:
+        _client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+            return False
+        raise _s3_error(url, exc) from None
+
+
 def upload_file(local_path: str | Path, url: str, checksum: str | None = None) -> None:
     """Copy a finished local file to ``url`` atomically (multipart uploads complete or vanish).
 

@@ -44,26 +44,36 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
     checkpoint_dir = cfg.checkpoint_dir or str(Path(home) / "runs" / cfg.run_name)
     record_url = storage.join(checkpoint_dir, RUN_RECORD)
     experiment = cfg.experiment or recipe.experiment
-    if storage.exists(record_url):
-        record = json.loads(storage.read_bytes(record_url))
-        _check_same_run(cfg, TrainConfig(**record["config"]), checkpoint_dir)
-        run_id = record["mlflow_run_id"]
-        tracking.client(uri).update_run(run_id, status="RUNNING")  # resumed: it runs again
-    else:
-        params = tracking.flatten(cfg)
-        params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
-                       "experiment": experiment,
-                       **{f"data.{split}_samples": str(s["samples"]) for split, s in manifest["splits"].items()}})
-        tags = {"dataset.url": cfg.data, "dataset.manifest_sha256": shards.manifest_checksum(manifest),
-                "visionflow.checkpoint_dir": checkpoint_dir, "visionflow.recipe": cfg.recipe,
-                "visionflow.select": f"val/{recipe.select}"}
-        run_id = tracking.start_run(uri, experiment, home, cfg.run_name, params, tags)
-        tracking.log_dataset(uri, run_id, cfg.data, manifest)
-        storage.write_bytes(record_url, json.dumps({"mlflow_run_id": run_id, "tracking_uri": uri,
-                                                    "config": cfg.model_dump()}).encode())
+    if not storage.exists(record_url):
+        _create_run(cfg, manifest, recipe, experiment, checkpoint_dir, home, uri)
+    record = json.loads(storage.read_bytes(record_url))
+    _check_same_run(cfg, TrainConfig(**record["config"]), checkpoint_dir)
+    run_id = record["mlflow_run_id"]
+    tracking.client(uri).update_run(run_id, status="RUNNING")  # (re)started: it runs
     variants = tuple(v for v in variant_names(recipe) if storage.exists(storage.join(f"{cfg.data.rstrip('/')}-{v}",
                                                                                       "manifest.json")))
     return Job(cfg, checkpoint_dir, ref, tuple(shards.class_names(manifest)), uri, run_id, variants)
+
+
+def _create_run(cfg: TrainConfig, manifest: dict, recipe, experiment: str, checkpoint_dir: str, home: Path,
+                uri: str) -> None:
+    """The MLflow run and the run record. The nodes of a multi-node job each start the same
+    task at once: the record is created only if absent, and a node that lost the race deletes
+    the MLflow run it made and joins the winner's."""
+    record_url = storage.join(checkpoint_dir, RUN_RECORD)
+    params = tracking.flatten(cfg)
+    params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
+                   "experiment": experiment,
+                   **{f"data.{split}_samples": str(s["samples"]) for split, s in manifest["splits"].items()}})
+    tags = {"dataset.url": cfg.data, "dataset.manifest_sha256": shards.manifest_checksum(manifest),
+            "visionflow.checkpoint_dir": checkpoint_dir, "visionflow.recipe": cfg.recipe,
+            "visionflow.select": f"val/{recipe.select}"}
+    run_id = tracking.start_run(uri, experiment, home, cfg.run_name, params, tags)
+    record = {"mlflow_run_id": run_id, "tracking_uri": uri, "config": cfg.model_dump()}
+    if not storage.create(record_url, json.dumps(record).encode()):
+        tracking.client(uri).delete_run(run_id)
+        return
+    tracking.log_dataset(uri, run_id, cfg.data, manifest)
 
 
 def variant_names(recipe) -> list[str]:
@@ -190,12 +200,17 @@ def _epoch_line(m: dict, job: Job) -> str:
 def log_model(job: Job, state: dict) -> None:
     """Log the run's best network (else its last) to the run as an MLflow PyTorch model and
     register it as ``<experiment>-<recipe>``, once per trained state. ``state`` is the final
-    checkpoint; ``models:/<name>@latest`` then resolves to this version."""
+    checkpoint; ``models:/<name>@latest`` then resolves to this version. Of a multi-node run's
+    nodes the first to claim the state logs it (should that node fail while logging, log it again
+    from one node with ``--nnodes 1``)."""
     import mlflow
     import mlflow.pytorch
 
     best = load_checkpoint(storage.join(job.checkpoint_dir, BEST)) or state
     epoch = str(state["epoch"])
+    claim = storage.join(job.checkpoint_dir, f"model-epoch-{epoch}.claim")
+    if job.config.nnodes > 1 and not storage.create(claim, job.mlflow_run_id.encode()):
+        return  # every node's task ends here; the first to claim the trained state logs it
     client = tracking.client(job.tracking_uri)
     experiment_id = client.get_run(job.mlflow_run_id).info.experiment_id
     experiment = client.get_experiment(experiment_id).name

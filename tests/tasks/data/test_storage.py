@@ -69,3 +69,10 @@ def test_unreachable_endpoint_is_one_clear_error_without_secrets(monkeypatch):
 def test_s3_url_needs_a_bucket():
     with pytest.raises(StorageError, match="needs a bucket"):
         storage.read_bytes("s3:///key")
+
+
+def test_create_writes_once_and_tells_the_loser(storage_root):
+    url = storage.join(storage_root, "runs", "r", "run.json")
+    assert storage.create(url, b"first") is True
+    assert storage.create(url, b"second") is False
+    assert storage.read_bytes(url) == b"first"

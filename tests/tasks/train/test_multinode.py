@@ -108,3 +108,22 @@ def test_two_agents_across_a_veth_hop_train_like_one(dataset, tmp_path, one_agen
     flags = ((f"--local-addr={ip_a}", "--rdzv-conf=is_host=true"), (f"--local-addr={ip_b}",))
     _two_agents(job, tmp_path, prefixes, envs, flags)
     _assert_same_run(one_agent, load_checkpoint(storage.join(str(ckpt), CHECKPOINT)))
+
+
+def test_nodes_starting_together_share_one_mlflow_run(dataset, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks.track import tracking
+    from tasks.train.launch import prepare
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = TrainConfig(data=dataset, run_name="together", nnodes=2, rdzv_endpoint="127.0.0.1:1",
+                      checkpoint_dir=str(tmp_path / "ckpt"))
+    prepare(cfg.model_copy(update={"run_name": "warm-up", "checkpoint_dir": str(tmp_path / "w")}), tmp_path, uri)
+    with ThreadPoolExecutor(4) as pool:
+        jobs = list(pool.map(lambda _: prepare(cfg, tmp_path, uri), range(4)))
+    assert len({job.mlflow_run_id for job in jobs}) == 1
+    client = tracking.client(uri)
+    experiment = client.get_experiment_by_name("mnist")
+    alive = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == "together"]
+    assert [r.info.run_id for r in alive] == [jobs[0].mlflow_run_id]
