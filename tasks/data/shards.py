@@ -230,6 +230,7 @@ def write_manifest(url: str, *, dataset: str, version: str, specs: Sequence[Shar
         "rejects": len(rejects),
     }
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+    storage.sweep_temps(url)  # every shard is committed: any temp left is a killed writer's
     storage.write_bytes(storage.join(url, REJECTS), lines.encode())
     storage.write_bytes(storage.join(url, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest

@@ -197,6 +197,26 @@ def upload_file(local_path: str | Path, url: str, checksum: str | None = None) -
         raise StorageError(f"{url}: upload failed ({_short(exc)})") from None
 
 
+def sweep_temps(url: str) -> int:
+    """Remove what killed writers left under ``url``: local ``.<name>.*.tmp`` files (from
+    ``_local_atomic`` and ``create``) and, on S3, unfinished multipart uploads (invisible, but
+    stored and billed). Call it only when no writer of ``url`` is running, as an ingest does at
+    its commit point. Returns how many were removed."""
+    if not is_s3(url):
+        root = Path(url)
+        temps = [p for p in root.rglob(".*.tmp") if p.is_file()] if root.exists() else []
+        for path in temps:
+            path.unlink(missing_ok=True)
+        return len(temps)
+    bucket, prefix = _split(url)
+    client = _client()
+    uploads = _s3_call(url, client.list_multipart_uploads, Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
+    pending = uploads.get("Uploads", [])
+    for upload in pending:
+        _s3_call(url, client.abort_multipart_upload, Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+    return len(pending)
+
+
 def download_file(url: str, local_path: str | Path) -> None:
     local_path = Path(local_path)
     if not is_s3(url):

@@ -1,6 +1,7 @@
 """Shard planning, deterministic bytes, commit/skip, crash-and-resume, on local disk and S3."""
 
 import io
+import os
 import json
 import random
 import tarfile
@@ -151,3 +152,24 @@ def test_mnist_ingest_to_s3_round_trips(idx_dir, s3_bucket):
     assert int(first["cls"]) == int(data.labels[0])
     again = mnist.ingest(idx_dir, url, "mnist", "v1", shard_size=256)  # a re-run changes nothing
     assert again == manifest
+
+
+def test_the_commit_sweeps_what_killed_writers_left(storage_root):
+    """A SIGKILL between a temp's creation and its rename (local), or mid multipart upload (S3),
+    leaves debris beside the data; the next run's commit removes it."""
+    specs = shards.plan("val", list(range(6)), 3)
+    url = storage.join(storage_root, "swept")
+    if storage.is_s3(url):
+        bucket, key = url[len("s3://"):].split("/", 1)
+        storage._client().create_multipart_upload(Bucket=bucket, Key=f"{key}/val-000001.tar")
+    else:
+        debris = [f"{url}/_commits/.val-000001.tar.json.k1ll3d.tmp", f"{url}/.val-000000.tar.x9.tmp"]
+        for path in debris:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "wb").close()
+    _ingest(url, specs, {"shard_size": 3})
+    if storage.is_s3(url):
+        assert not storage._client().list_multipart_uploads(Bucket=bucket, Prefix=key + "/").get("Uploads")
+    else:
+        assert not any(os.path.exists(p) for p in debris)
+        assert sorted(os.listdir(url)) == ["_commits", "manifest.json", "rejects.jsonl", "val-000000.tar", "val-000001.tar"]
