@@ -11,6 +11,10 @@ they use every core without the ~1.6 s per spawned process of importing Prefect)
 every committed shard. Large task inputs (the file list, shard plans, results) are passed in
 ``quote()``: Prefect would otherwise walk every element of them looking for upstream futures,
 2.3 s of one core for a 10,000-image ingest, and there are none in them.
+
+On a cluster (``--task-runner dask|ray --cluster-address ADDR``) the shard tasks run on its
+workers, which need visionflow installed, the source and dataset root at the same paths or URLs
+(with their own S3 credentials: none are sent) and a route to this flow's Prefect API.
 """
 
 from __future__ import annotations
@@ -91,8 +95,8 @@ def write_shards(cfg: ImagenetIngestConfig, source: imagenet.Source, targets: li
     results: dict[str, imagenet.ChunkResult] = {}
     with _shared_api(cfg), imaging.one_torch_thread(), task_runner(cfg) as runner:
         futures = {runner.submit(imagenet.write_chunk_task, {
-            "images": source.images, "wnids": quote(source.wnids), "chunk_targets": targets, "spec": quote(spec)}): spec
-            for spec in specs}
+            "images": source.images, "wnids": _quote(source.wnids), "chunk_targets": targets,
+            "spec": _quote(spec)}): spec for spec in specs}
         for future in as_completed(list(futures)):
             spec = futures[future]
             results[spec.name] = future.result()
@@ -106,6 +110,9 @@ def write_shards(cfg: ImagenetIngestConfig, source: imagenet.Source, targets: li
 
 
 def task_runner(cfg: ImagenetIngestConfig):
+    if cfg.cluster_address and cfg.task_runner not in CLUSTER_RUNNERS:
+        raise imagenet.ImagenetError(f"cluster_address is for task_runner={' or '.join(CLUSTER_RUNNERS)}, "
+                                     f"not {cfg.task_runner}")
     workers = cfg.workers or os.cpu_count() or 1
     if cfg.task_runner == "processes":
         return ProcessPoolTaskRunner(max_workers=workers)
@@ -118,14 +125,31 @@ def task_runner(cfg: ImagenetIngestConfig):
         package = module.replace("_", "-")
         raise imagenet.ImagenetError(f"task_runner={cfg.task_runner} needs the {package} package "
                                      f"(pip install {package})") from None
-    return runner(address=cfg.cluster_address)
+    if cfg.cluster_address:
+        return runner(address=cfg.cluster_address)
+    if cfg.task_runner == "dask":  # a LocalCluster for this flow run: one image at a time per process
+        return runner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return runner(init_kwargs={"num_cpus": workers})  # a local Ray for this flow run
+
+
+class _quote(quote):
+    """``quote()`` that survives pickling to a Dask or Ray worker. Prefect's is a tuple whose
+    ``__new__`` wraps its argument, and unpickling calls ``cls.__new__(cls, tuple(self))``: the
+    task would get ``(value,)``. (The process pool unwraps quotes before it pickles.)"""
+
+    __slots__ = ()
+
+    def __getnewargs__(self):
+        return (self.unwrap(),)
 
 
 @contextmanager
 def _shared_api(cfg: ImagenetIngestConfig):
-    """Point worker processes at this flow's API. In Prefect's ephemeral mode no API URL is set,
-    and each spawned worker would start (and wait ~15 s for) a temporary server of its own.
-    Threads share this process's client; rebuilding the settings would cost them ~0.15 s."""
+    """Point worker processes (a pool's, Dask's, Ray's) at this flow's API. In Prefect's ephemeral
+    mode no API URL is set, and each worker would start (and wait ~15 s for) a temporary server
+    of its own, recording its task runs there. Dask and Ray get it in the settings Prefect sends
+    with each task. Threads share this process's client; rebuilding the settings would cost
+    them ~0.15 s."""
     from prefect.context import FlowRunContext
     from prefect.settings import PREFECT_API_URL, temporary_settings
 

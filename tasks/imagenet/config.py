@@ -32,9 +32,17 @@ class ImagenetIngestConfig(Frozen):
     shard_size: int = Field(1000, ge=1, description="Images per shard, and per Prefect task")
     task_runner: Literal["processes", "threads", "dask", "ray"] = Field(
         "threads", description="Where shard tasks run: local threads (Pillow decodes outside the GIL; "
-        "no worker start-up) or processes, or a Dask / Ray cluster (needs prefect-dask / prefect-ray)")
-    workers: int | None = Field(None, ge=1, description="Local processes or threads (default: CPU count)")
-    cluster_address: str | None = Field(None, description="Dask scheduler or Ray head address")
+        "no worker start-up) or processes, or a Dask / Ray cluster (needs prefect-dask / prefect-ray): "
+        "the one at cluster_address, else one started on this machine for the run")
+    workers: int | None = Field(None, ge=1, description="Local processes or threads, or the worker "
+                                "processes of the Dask LocalCluster / CPUs of the local Ray started "
+                                "without a cluster_address (default: CPU count)")
+    cluster_address: str | None = Field(None, description="Address of a running cluster for "
+                                        "task_runner dask (the scheduler's, tcp://host:8786) or ray (the "
+                                        "head's host:6379 from one of its nodes, ray://host:10001 from "
+                                        "elsewhere). Its workers need visionflow installed, the source and "
+                                        "out paths, their own S3 credentials and this flow's Prefect API "
+                                        "(PREFECT_API_URL; the CLI's temporary server is on 127.0.0.1)")
     experiment: str = Field("imagenet-ingest", description="MLflow experiment of the ingest summary")
 
 

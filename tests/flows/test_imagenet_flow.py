@@ -10,6 +10,7 @@ from mlflow import MlflowClient
 
 from flows import cli
 from flows.imagenet import imagenet_ingest, task_runner
+from photos import sample_photos
 from tasks.imagenet import ilsvrc_sample
 from tasks.data import shards, storage
 from tasks.imagenet.config import ImagenetIngestConfig
@@ -19,12 +20,9 @@ from tasks.track.tracking import tracking_uri
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    found = ilsvrc_sample.find_photos()
-    if not found:
-        pytest.skip(f"needs the photos of `apt-get install {ilsvrc_sample.PHOTO_PACKAGE}`")
     return ilsvrc_sample.make_tree(tmp_path_factory.mktemp("ilsvrc"), classes=3, train_per_class=4,
                                    val_per_class=2, val_layout="folder",
-                                   photos=ilsvrc_sample.load_photos(found, max_side=1200))
+                                   photos=sample_photos())
 
 
 def _good(tree) -> dict[str, int]:
