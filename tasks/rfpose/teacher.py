@@ -52,7 +52,7 @@ def from_keypoints_json(session_dir) -> list[list[dict]]:
     path = session / "keypoints.json"
     try:
         frames = json.loads(path.read_text())["frames"]
-        count = len(np.load(session / "rgb" / "timestamps.npy"))
+        count = len(np.load(session / "rgb" / "timestamps.npy", allow_pickle=False))
     except FileNotFoundError as exc:
         raise TeacherError(f"{session}: no {Path(exc.filename).relative_to(session)}; "
                            "a session needs keypoints.json and rgb/timestamps.npy") from None
