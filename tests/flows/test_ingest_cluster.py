@@ -23,7 +23,7 @@ pytest.importorskip("prefect_ray")
 pytest.importorskip("prefect_dask")
 psutil = pytest.importorskip("psutil")
 
-from conftest import free_port  # noqa: E402
+from tasks.ops.processes import free_port  # noqa: E402
 from flows import cli  # noqa: E402
 from flows.imagenet import _quote, task_runner  # noqa: E402
 from tasks.data import shards  # noqa: E402

@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray")
 pytest.importorskip("ray.train")
 psutil = pytest.importorskip("psutil")
 
-from conftest import free_port  # noqa: E402
+from tasks.ops.processes import free_port  # noqa: E402
 from tasks.data import shards, storage  # noqa: E402
 from tasks.mnist import idx as mnist  # noqa: E402
 from tasks import catalog  # noqa: E402
