@@ -93,6 +93,14 @@ def dataset(idx_dir, tmp_path_factory):
     return url
 
 
+def _cli_env() -> dict:
+    """The CLI as a user runs it: its own temporary Prefect server, not this session's test
+    harness (whose URL the harness leaves in os.environ)."""
+    env = {**os.environ, **RAY_ENV}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def _train(address, dataset, ckpt, *args):
     return [sys.executable, "-m", "flows.cli", "train", "--launcher", "ray", "--ray-address", address,
             "--data", dataset, "--checkpoint-dir", str(ckpt), "--recipe", "mnist_mlp", "--nproc", "2",
@@ -117,7 +125,7 @@ def test_visionflow_train_on_ray_logs_what_torchrun_logs(ray_head, dataset, home
     ckpt = tmp_path / "ckpt"
     result = subprocess.run(_train(address, dataset, ckpt, "--epochs", "2", "--max-steps-per-epoch", "3",
                                    "--run-name", "ray-mnist"),
-                            capture_output=True, text=True, env={**os.environ, **RAY_ENV}, timeout=300)
+                            capture_output=True, text=True, env=_cli_env(), timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout + result.stderr
     assert "step 3/3" in out and "epoch 1/2: loss" in out and "epoch 2/2: loss" in out  # the workers' events
