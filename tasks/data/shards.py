@@ -245,6 +245,8 @@ def read_manifest(url: str) -> dict:
         manifest = json.loads(storage.read_bytes(manifest_url))
     except ValueError as exc:
         raise ShardError(f"{manifest_url}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ShardError(f"{manifest_url}: not a manifest (a JSON {type(manifest).__name__}, not an object)")
     if manifest.get("format") != FORMAT:
         raise ShardError(f"{manifest_url}: unknown format {manifest.get('format')!r}, expected {FORMAT}")
     return manifest

@@ -307,13 +307,17 @@ def encode_png(hole: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes → bool array, True = hole (white, or any gray level above 127)."""
-    from PIL import Image
+    """PNG bytes → bool array, True = hole (white, or any gray level above 127). Bytes that are
+    no readable image raise ``MaskError``."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
-        if im.mode == "1":
-            return np.array(im, dtype=bool)
-        return np.asarray(im.convert("L")) > 127
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode == "1":
+                return np.array(im, dtype=bool)
+            return np.asarray(im.convert("L")) > 127
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:  # PIL's ways of saying "damaged"
+        raise MaskError(f"mask image unreadable ({type(exc).__name__}: {exc})") from None
 
 
 def from_image(array: np.ndarray, threshold: float = 127, size: int | None = None,
