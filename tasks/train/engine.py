@@ -17,6 +17,7 @@ directory resumes after the last finished epoch with the optimizer and schedule 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -315,7 +316,7 @@ class Trainer:
 
     def checkpoint_position(self, es: position.EpochState, stats: tuple[float, float], per_rank_batch: int) -> None:
         """Mid-epoch: the weights after ``es.steps`` steps and where the data was."""
-        saved = position.EpochState(**{**es.__dict__, "loss_sum": stats[0], "seen": stats[1]})
+        saved = dataclasses.replace(es, loss_sum=stats[0], seen=stats[1])
         state = self.state(es.epoch - 1, saved)
         if state is None:
             return

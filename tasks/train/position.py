@@ -49,11 +49,11 @@ class Resume:
 
 
 def rng_state() -> dict:
-    np_state = np.random.get_state()
+    np_state, (version, ints, gauss) = np.random.get_state(), random.getstate()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
-            "python": [list(random.getstate()[1]), random.getstate()[0], random.getstate()[2]]}
+            "python": [list(ints), version, gauss]}
 
 
 def set_rng_state(state: dict) -> None:
