@@ -15,6 +15,7 @@ with ranks differing by at most one, for evaluation), so DDP never hangs on an u
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import random
 import sys
@@ -36,13 +37,14 @@ Policy = Literal["pad", "drop", "exact"]
 class ShardRef:
     url: str
     samples: int
+    sha256: str | None = None  # the manifest's; checked when the bytes come over the network
 
 
 def shards_of(dataset_url: str, split: str, manifest: dict | None = None) -> list[ShardRef]:
     manifest = manifest or shards.read_manifest(dataset_url)
     if split not in manifest["splits"]:
         raise shards.ShardError(f"{dataset_url}: no split {split!r}; it has {sorted(manifest['splits'])}")
-    return [ShardRef(storage.join(dataset_url, s["name"]), s["samples"])
+    return [ShardRef(storage.join(dataset_url, s["name"]), s["samples"], s.get("sha256"))
             for s in manifest["splits"][split]["shards"]]
 
 
@@ -64,13 +66,69 @@ def segments(sizes: list[int], start: int, stop: int) -> list[tuple[int, int, in
     return pieces
 
 
-def read_shard(url: str) -> Iterator[dict[str, Any]]:
-    """Samples of one tar shard as ``{"__key__": …, "<ext>": bytes}`` (nothing decoded)."""
-    with storage.open_read(url) as stream:
+def read_shard(url: str, sha256: str | None = None) -> Iterator[dict[str, Any]]:
+    """Samples of one tar shard as ``{"__key__": …, "<ext>": bytes}`` (nothing decoded).
+
+    A shard must end with tar's end-of-archive marker and, read from S3 with ``sha256`` given,
+    hash to it: a body cut short behind a consistent Content-Length (which HTTP cannot notice)
+    fails one or the other. On S3 such a read is tried again, within the storage's attempt
+    budget, from the first sample not yet handed out; the last sample waits for the checks, as
+    it may be missing members."""
+    handed_out = 0
+    tries = storage.attempts(url)
+    for attempt in range(1, tries + 1):
         try:
-            yield from tarstream.samples(stream)
+            for i, sample in enumerate(_checked_samples(url, sha256 if storage.is_s3(url) else None)):
+                if i >= handed_out:
+                    handed_out += 1
+                    yield sample
+            return
+        except shards.ShardError as exc:
+            if attempt == tries:
+                raise (shards.ShardError(f"{exc} (read {tries} times)") if tries > 1 else exc) from None
+        storage.pause(attempt)
+
+
+def _checked_samples(url: str, sha256: str | None) -> Iterator[dict[str, Any]]:
+    with storage.open_read(url) as raw:
+        stream = _Hashing(raw, sha256 is not None)
+        last = None
+        try:
+            for sample in tarstream.samples(stream):
+                if last is not None:
+                    yield last
+                last = sample
         except tarstream.TarFormatError as exc:
             raise shards.ShardError(f"{url}: {exc}") from None
+        if stream.ended:
+            raise shards.ShardError(f"{url}: the archive ends without tar's end-of-archive marker (cut short)")
+        if sha256 is not None and stream.drain() != sha256:
+            raise shards.ShardError(f"{url}: the bytes read do not hash to the manifest's sha256 (cut short "
+                                    "or damaged)")
+        if last is not None:
+            yield last
+
+
+class _Hashing:
+    """A read-through stream that notes a premature end and, if asked, hashes what passes."""
+
+    def __init__(self, stream, hashing: bool):
+        self.stream, self.ended = stream, False
+        self.digest = hashlib.sha256() if hashing else None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.stream.read(n)
+        if not data and n != 0:
+            self.ended = True
+        if self.digest is not None:
+            self.digest.update(data)
+        return data
+
+    def drain(self) -> str:
+        """Read what follows the end-of-archive marker (zeros to a whole record), then the digest."""
+        while self.read(1 << 20):
+            pass
+        return self.digest.hexdigest()
 
 
 class Tracked(NamedTuple):
@@ -162,7 +220,7 @@ class ShardStream(IterableDataset):
     def _samples(refs: list[ShardRef], pieces) -> Iterator[dict]:
         for shard, first, last in pieces:
             count = 0
-            for i, sample in enumerate(read_shard(refs[shard].url)):
+            for i, sample in enumerate(read_shard(refs[shard].url, refs[shard].sha256)):
                 if i >= last:
                     break
                 if i >= first:
