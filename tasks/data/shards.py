@@ -10,14 +10,18 @@ A dataset lives at ``<root>/<dataset>/<version>/``::
 Shard ``i`` of a split is a pure function of the sorted input list and the parameters (see
 ``plan``), and tar bytes are deterministic (fixed mtime, owner and mode), so a re-run skips
 every shard whose commit record and checksum still match and a crash loses at most the shards
-that were in flight.
+that were in flight. Shards are built in a local staging folder per dataset and user
+(``staging_dir``) before upload; the manifest's commit removes it with any temp a killed
+writer left beside the data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import tarfile
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -154,12 +158,25 @@ class ShardRecord:
 Builder = Callable[[ShardSpec], tuple[Iterable[dict], list[dict]]]
 
 
+def staging_dir(url: str) -> Path:
+    """The local folder where this user's shards of ``url`` are built before upload. It is
+    named by the dataset, not by the writer, so the commit finds (and removes) the half-built
+    shards of a writer that was killed: a private temp folder would stay behind forever."""
+    root = Path(tempfile.gettempdir(), f"vf-staging-{os.getuid()}")
+    root.mkdir(mode=0o700, exist_ok=True)
+    if root.is_symlink() or root.stat().st_uid != os.getuid():
+        raise ShardError(f"{root}: belongs to another user; remove it or set TMPDIR elsewhere")
+    key = url if storage.is_s3(url) else str(Path(url).resolve())
+    return root / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def commit_shard(url: str, spec: ShardSpec, params: dict, build: Builder,
                  scratch: Path | None = None) -> tuple[ShardRecord, bool]:
     """Build, upload and commit one shard unless an identical one is already committed.
 
     ``build(spec)`` returns ``(samples, rejects)``; samples may be a generator that appends to
-    ``rejects`` as it goes. Returns the record and whether the shard was (re)written.
+    ``rejects`` as it goes. Returns the record and whether the shard was (re)written. The shard
+    is built under ``scratch`` when given (the caller's to clean), else in ``staging_dir(url)``.
     """
     digest = plan_digest(spec, params)
     record_url = storage.join(url, "_commits", spec.name + ".json")
@@ -167,6 +184,9 @@ def commit_shard(url: str, spec: ShardSpec, params: dict, build: Builder,
     committed = _committed_record(record_url, shard_url, digest)
     if committed is not None:
         return committed, False
+    if scratch is None:
+        scratch = staging_dir(url)
+        scratch.mkdir(mode=0o700, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=scratch, prefix="vf-shard-") as tmp:
         local = Path(tmp, spec.name)
         samples, rejects = build(spec)
@@ -180,15 +200,33 @@ def commit_shard(url: str, spec: ShardSpec, params: dict, build: Builder,
 
 
 def _committed_record(record_url: str, shard_url: str, digest: str) -> ShardRecord | None:
+    """The shard's commit record (its rejects with it) when it and the shard are intact; None
+    (rebuild the shard) for a damaged record: one that is not JSON, lacks a field or holds one of
+    the wrong type, or names another shard. A field is never defaulted: a record without its
+    rejects would drop them from rejects.jsonl."""
     if not storage.exists(record_url):
         return None
     try:
-        record = ShardRecord(**json.loads(storage.read_bytes(record_url)))
-    except (ValueError, TypeError):
-        return None  # a damaged commit record: rebuild the shard
+        fields = json.loads(storage.read_bytes(record_url))
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not _well_formed_record(fields, shard_url.rstrip("/").rsplit("/", 1)[-1]):
+        return None
+    record = ShardRecord(**fields)
     if record.digest != digest or not storage.exists(shard_url):
         return None
     return record if storage.sha256(shard_url) == record.sha256 else None
+
+
+_RECORD_TYPES = {"name": str, "split": str, "samples": int, "bytes": int, "sha256": str, "digest": str, "rejects": list}
+
+
+def _well_formed_record(fields, shard: str) -> bool:
+    return (isinstance(fields, dict) and fields.keys() == _RECORD_TYPES.keys()
+            and all(type(fields[k]) is t for k, t in _RECORD_TYPES.items())  # type(): True is no sample count
+            and fields["samples"] >= 0 and fields["bytes"] >= 0 and fields["name"] == shard
+            and fields["name"].rsplit("-", 1)[0] == fields["split"]
+            and all(isinstance(r, dict) for r in fields["rejects"]))
 
 
 def _sha256_file(path: Path) -> str:
@@ -230,7 +268,8 @@ def write_manifest(url: str, *, dataset: str, version: str, specs: Sequence[Shar
         "rejects": len(rejects),
     }
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
-    storage.sweep_temps(url)  # every shard is committed: any temp left is a killed writer's
+    storage.sweep_temps(url)  # every shard is committed: any temp left is a killed writer's,
+    shutil.rmtree(staging_dir(url), ignore_errors=True)  # as is any shard still staged
     storage.write_bytes(storage.join(url, REJECTS), lines.encode())
     storage.write_bytes(storage.join(url, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest

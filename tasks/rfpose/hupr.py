@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.rfpose.sessions import Session, SessionError, fail, first_non_finite
+from tasks.rfpose.sessions import Session, SessionError, fail, first_non_finite, load_npy
 from tasks.rfpose.skeleton import KEYPOINTS, K
 
 FPS = 10.0
@@ -92,8 +92,10 @@ def split_annotations(root: Path, split: str, sequences=None) -> dict[int, dict[
         doc = json.loads((root / file).read_text())
     except FileNotFoundError:
         raise SessionError(f"HuPR {root}: {file}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SessionError(f"HuPR {root}: {file}: cannot read as JSON ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError, a 5000-digit number
+        raise SessionError(f"HuPR {root}: {file}: cannot read as JSON ({str(exc).split(';')[0]})") from None
+    except RecursionError:
+        raise SessionError(f"HuPR {root}: {file}: cannot read as JSON (nested too deeply)") from None
     return read_annotations(root, file, doc, split, sequences)
 
 
@@ -104,10 +106,10 @@ def read_annotations(root: Path, file: str, doc, split: str, sequences) -> dict[
     try:
         if isinstance(doc, dict):  # the COCO form
             for a in doc["annotations"]:
-                seq, frame = divmod(int(a["image_id"]), SEQUENCE_ID)
+                seq, frame = sequence_frame(where, a["image_id"])
                 if sequences is None or seq in sequences:
                     kp = np.asarray(a["keypoints"], dtype=np.float32).reshape(K, 3)
-                    out.setdefault(seq, {}).setdefault(frame, []).append(person(kp, list(map(float, a["bbox"]))))
+                    out.setdefault(seq, {}).setdefault(frame, []).append(person(where, kp, list(map(float, a["bbox"]))))
             return out
         order = SPLITS.get(split) if sequences is None else list(sequences)
         if order is None:
@@ -121,15 +123,30 @@ def read_annotations(root: Path, file: str, doc, split: str, sequences) -> dict[
                 xy = np.asarray(b["joints"], dtype=np.float32).reshape(K, 2)
                 x0, y0, x1, y1 = map(float, b["bbox"])
                 kp = np.concatenate([xy, np.full((K, 1), 2.0, np.float32)], axis=1)
-                frames.setdefault(int(Path(b["image"]).stem), []).append(person(kp, [x0, y0, x1 - x0, y1 - y0]))
+                frames.setdefault(int(Path(b["image"]).stem), []).append(person(where, kp, [x0, y0, x1 - x0, y1 - y0]))
     except SessionError:
         raise
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf), a 400-digit number
         raise SessionError(f"{where}: not HuPR's annotation format ({type(exc).__name__}: {exc})") from None
     return out
 
 
-def person(hupr_keypoints: np.ndarray, bbox: list[float]) -> dict:
+def sequence_frame(where: str, image_id) -> tuple[int, int]:
+    """generateGTAnnot's ``image_id`` → (sequence, frame); refused when negative or when the
+    sequence would not fit a folder name (``single_<400 digits>``)."""
+    image_id = int(image_id)
+    if not 0 <= image_id < SEQUENCE_ID ** 2:
+        digits = str(image_id)
+        raise SessionError(f"{where}: image_id {digits if len(digits) < 20 else digits[:12] + '…'} "
+                           f"is not sequence × {SEQUENCE_ID} + frame")
+    return divmod(image_id, SEQUENCE_ID)
+
+
+def person(where: str, hupr_keypoints: np.ndarray, bbox: list[float]) -> dict:
+    if len(bbox) != 4:
+        raise SessionError(f"{where}: a bbox of {len(bbox)} numbers, expected 4")
+    if not (np.isfinite(hupr_keypoints).all() and np.isfinite(bbox).all()):
+        raise SessionError(f"{where}: keypoints or bbox hold NaN or infinite values")
     return {"keypoints": hupr_keypoints[HUPR_TO_CROWDPOSE], "bbox": bbox}
 
 
@@ -155,7 +172,13 @@ def read_sequence(path: Path, labels: dict[int, list[dict]], reduce: str) -> Ses
 
 
 def frame_files(name: str, path: Path, folder: str) -> dict[int, Path]:
-    files = {int(p.stem): p for p in (path / folder).glob("*.npy") if p.stem.isdigit()}
+    files: dict[int, Path] = {}
+    for p in sorted((path / folder).glob("*.npy")):
+        if not (p.stem.isascii() and p.stem.isdigit()):  # "²".isdigit(), yet int("²") fails
+            continue
+        if int(p.stem) in files:
+            raise fail(name, f"{folder}/", f"{files[int(p.stem)].name} and {p.name} are both frame {int(p.stem)}")
+        files[int(p.stem)] = p
     if not files:
         raise fail(name, f"{folder}/", "no %09d.npy frames" if (path / folder).is_dir() else "missing")
     return files
@@ -166,12 +189,11 @@ def planes(name: str, path: Path, folder: str, files: list[Path], reduce: str) -
     out, shape = None, None
     for i, p in enumerate(files):
         file = f"{folder}/{p.name}"
-        try:
-            x = np.load(p, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
-            raise fail(name, file, f"not a readable .npy array ({str(exc).splitlines()[0]})") from None
+        x = load_npy(name, p, file)
         if x.ndim != 4 or not np.iscomplexobj(x):
             raise fail(name, file, f"shape {x.shape} dtype {x.dtype}; expected a complex (D, R, A, E) frame")
+        if x.size == 0:
+            raise fail(name, file, f"shape {x.shape} is empty")
         if shape is None:
             shape = x.shape
         elif x.shape != shape:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import os
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,10 @@ LAYOUTS = "complex64 (N, H, W), float32 (N, 2, H, W) re/im, or float32 power (N,
 MIN_IN_ORDER = 0.5  # a clock with fewer of its frames in order than this is broken, not glitchy
 FPS_SLACK = 0.25  # the median timestamp step may differ this much from 1/fps
 CHUNK = 256  # frames per block when scanning a memory-mapped array
+# What numpy raises on a damaged .npy header, besides ValueError: its header parser retries a
+# dict it cannot parse through the tokenizer, which fails its own way; a shape too large for a
+# C long overflows.
+NPY_ERRORS = (OSError, ValueError, EOFError, OverflowError, SyntaxError, tokenize.TokenError)
 
 
 class SessionError(BadInput):
@@ -128,6 +134,18 @@ def read_json(session: str, path: Path, file: str):
         raise fail(session, file, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise fail(session, file, f"cannot read ({exc})") from None
+    except ValueError as exc:  # a number of more digits than Python converts (sys.get_int_max_str_digits)
+        raise fail(session, file, f"not valid JSON ({str(exc).split(';')[0]})") from None
+    except RecursionError:
+        raise fail(session, file, "not valid JSON (nested too deeply)") from None
+
+
+def finite(value) -> bool:
+    """A JSON number that is finite as a float: Python's ints are unbounded, numpy's are not."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range
+        return False
 
 
 def read_meta(session: str, path: Path) -> dict:
@@ -135,7 +153,7 @@ def read_meta(session: str, path: Path) -> dict:
 
     def number(where: str, value, integer: bool = False) -> float:
         kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or not np.isfinite(value) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, kind) or not finite(value) or value <= 0:
             raise fail(session, "session.json", f"{where} must be a positive {'integer' if integer else 'number'}, "
                        f"got {json.dumps(value)}")
         return value
@@ -147,7 +165,7 @@ def read_meta(session: str, path: Path) -> dict:
                    f"got {json.dumps(meta.get('scene'))}")
     offset = meta.get("clock_offset_s")
     if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
-                               or not np.isfinite(offset)):
+                               or not finite(offset)):
         raise fail(session, "session.json", f'"clock_offset_s" must be a number of seconds, got {json.dumps(offset)}')
     return {"scene": meta["scene"], "clock_offset_s": None if offset is None else float(offset),
             "rf_fps": float(number("rf.fps", meta["rf"].get("fps"))),
@@ -157,12 +175,23 @@ def read_meta(session: str, path: Path) -> dict:
 
 
 def load_npy(session: str, path: Path, file: str) -> np.ndarray:
+    """The array, memory-mapped; refused unless the file holds exactly what its header describes
+    (a damaged header can describe a smaller array than the bytes that follow it)."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        size = path.stat().st_size
     except FileNotFoundError:
         raise fail(session, file, "missing") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise fail(session, file, f"not a readable .npy array ({str(exc).splitlines()[0]})") from None
+    except NPY_ERRORS as exc:
+        raise fail(session, file, f"not a readable .npy array ({type(exc).__name__}: {first_line(exc)})") from None
+    if not isinstance(array, np.memmap) or array.offset + array.nbytes != size:
+        raise fail(session, file, f"not a readable .npy array ({size} bytes, but its header describes "
+                   f"{array.dtype} {array.shape}: cut, padded or damaged)")
+    return array
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0]
 
 
 def read_heatmaps(session: str, root: Path, file: str) -> np.ndarray:
@@ -241,7 +270,7 @@ def frame_paths(session: str, folder: Path) -> list[Path]:
     paths = list(folder.glob("*.jpg"))
     if not paths:
         raise fail(session, "rgb/", "no .jpg frames")
-    digits = all(p.stem.isdigit() for p in paths)
+    digits = all(p.stem.isascii() and p.stem.isdigit() for p in paths)  # "²".isdigit(), yet int("²") fails
     return sorted(paths, key=(lambda p: int(p.stem)) if digits else (lambda p: p.name))
 
 
@@ -250,7 +279,7 @@ def check_image_size(session: str, root: Path, path: Path, width: int, height: i
     try:
         with Image.open(path) as image:  # reads the header only
             size = image.size
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise fail(session, file, f"not a readable image ({exc})") from None
     if size != (width, height):
         raise fail(session, file, f"{size[0]}×{size[1]} pixels but session.json says {width}×{height}")
@@ -283,7 +312,7 @@ def read_person(session: str, file: str, where: str, person) -> dict:
     try:
         keypoints = np.asarray(person["keypoints"], dtype=np.float32)
         bbox = np.asarray(person["bbox"], dtype=np.float64)
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, OverflowError):
         raise fail(session, file,
                    f'{where} needs numeric "keypoints" [[x, y, v] × 14] and "bbox" [x, y, w, h]') from None
     if keypoints.shape != (K, 3) or bbox.shape != (4,):
