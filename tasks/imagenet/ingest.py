@@ -391,9 +391,15 @@ def log_summary(summary: Summary, cfg: ImagenetIngestConfig, manifest: dict, uri
 
     tags = {"dataset.url": summary.urls[0], "dataset.manifest_sha256": shards.manifest_checksum(manifest),
             "visionflow.stage": "ingest"}
-    run_id = tracking.start_run(uri, cfg.experiment, home, f"{cfg.dataset}-{cfg.version}",
-                                tracking.flatten(cfg), tags)
+    name = f"{cfg.dataset}-{cfg.version}"
     client = tracking.client(uri)
+    # A run of this dataset still RUNNING is an ingest's that was killed while logging (a version
+    # has one writer at a time, and logging is its last step): this ingest takes its place.
+    for stale in client.search_runs([tracking.experiment_id(uri, cfg.experiment, home)],
+                                    filter_string=f"attributes.run_name = '{name}' and attributes.status = 'RUNNING'"):
+        if stale.data.tags.get("dataset.url") == summary.urls[0]:
+            client.set_terminated(stale.info.run_id, status="KILLED")
+    run_id = tracking.start_run(uri, cfg.experiment, home, name, tracking.flatten(cfg), tags)
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in summary.metrics().items()])
     client.log_text(run_id, summary.markdown(), "ingest_summary.md")

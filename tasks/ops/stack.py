@@ -4,7 +4,8 @@
 artifacts proxied to the bucket), a Prefect server and a worker for the ``visionflow-local``
 process pool, and writes ``<home>/stack/stack.env`` (mode 0600), which every visionflow command
 applies at startup (variables the user already set win). ``down`` stops them by PID, worker
-first; ``status`` checks each over HTTP.
+first; ``status`` checks each over HTTP. ``stop_one`` and ``start_one`` stop and restart a single
+service on its recorded port (a server restarted under its clients, as the outage tests do).
 
     from tasks.ops import stack
     info = stack.up(Path("~/.visionflow").expanduser())
@@ -369,6 +370,44 @@ def down(home: Path, *, grace: float = 10.0) -> dict[str, str]:
             env_file(home).unlink(missing_ok=True)
             return {}
         return _stop_recorded(home, state, grace)
+
+
+def stop_one(home: Path, name: str, *, grace: float = 10.0) -> str:
+    """Stop one service's process tree and leave it recorded, so ``start_one`` brings it back
+    on the same port (its clients' addresses stay right) and ``status`` reports it down."""
+    home = Path(home)
+    with _lock(home):
+        return processes.stop(_recorded(home, name).proc, grace=grace)
+
+
+def start_one(home: Path, name: str, *, timeout: float = 240.0) -> Service:
+    """Start one recorded service again on its port, if it is not running; waits until healthy."""
+    home = Path(home)
+    with _lock(home):
+        service = _recorded(home, name)
+        if processes.alive(service.proc):
+            return service
+        processes.stop(service.proc, grace=5)  # children that outlived it would hold the port
+        state = _read_state(home)
+        ports = {n: s["port"] for n, s in state["services"].items() if s.get("port")}
+        proc = processes.spawn(_command(name, home, ports), log=service.log,
+                               env=_process_env(home, _client_env(ports)), cwd=stack_dir(home))
+        state["services"][name] = {**proc.to_json(), "port": service.port, "log": str(service.log)}
+        _write_state(home, state)
+        try:
+            _wait_healthy(name, proc, ports, timeout)
+        except Exception as exc:
+            raise StackError(f"stack {name} did not restart ({exc}); see {service.log}") from None
+        return _services(home, state)[name]
+
+
+def _recorded(home: Path, name: str) -> Service:
+    state = _read_state(home)
+    services = _services(home, state) if state else {}
+    if name not in services:
+        raise StackError(f"no {name} service recorded under {stack_dir(home)}; start the stack with "
+                         f"`visionflow stack up`")
+    return services[name]
 
 
 def status(home: Path) -> StackStatus:

@@ -3,16 +3,24 @@
 Embedded default: ``sqlite:///$VISIONFLOW_HOME/mlflow.db`` with artifacts under
 ``$VISIONFLOW_HOME/mlartifacts``; any ``MLFLOW_TRACKING_URI`` (a server, another database)
 takes its place. Browse with ``mlflow ui --backend-store-uri sqlite:///…/mlflow.db``.
+
+A tracking server that goes away (restarted, unreachable, answering 5xx) is waited for, for a
+bounded time, by ``retrying``; metrics logged meanwhile are buffered (``tasks/train/metrics_log.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from tasks.errors import Transient
 
 # MLflow 3 opens an experiment in its model-training view (runs, metrics, models), not its GenAI
 # one (traces, prompts, evaluation runs), by this tag.
@@ -20,8 +28,24 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 _SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.I)
 
 
+class TrackingUnreachable(Transient):
+    """The tracking server did not answer for as long as visionflow waits for it."""
+
+
 def tracking_uri(home: Path, environ: dict) -> str:
-    return environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve()}/mlflow.db"
+    """The tracking URI. It is recorded (run records, checkpoints, logs, MLflow's own "View run"
+    line), so an HTTP one must not carry a password: MLflow reads that from its own variables."""
+    from urllib.parse import urlsplit
+
+    from tasks.errors import BadInput
+
+    uri = environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(home).resolve()}/mlflow.db"
+    parts = urlsplit(uri)
+    if parts.scheme in ("http", "https") and parts.password is not None:
+        raise BadInput(f"MLFLOW_TRACKING_URI {parts.scheme}://{parts.username}:****@{parts.hostname}… "
+                       "holds a password, which would be written wherever the URI is recorded; set "
+                       "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead")
+    return uri
 
 
 def client(uri: str):
@@ -123,3 +147,82 @@ def log_dataset(uri: str, run_id: str, url: str, manifest: dict) -> None:
     entity = Dataset(dataset.name, dataset.digest, source._get_source_type(), source.to_json(),
                      profile=json.dumps({split: s["samples"] for split, s in manifest["splits"].items()}))
     client(uri).log_inputs(run_id, [DatasetInput(entity, [InputTag("mlflow.data.context", "training")])])
+
+
+# MLflow's HTTP client retries a refused connection for about four minutes (7 retries, backoff
+# factor 2) and gives a request 120 s to answer. Calls that must not stall make one attempt each
+# and are retried on visionflow's own schedule; MLflow reads these two variables per request.
+_QUICK = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+
+
+@contextmanager
+def quick_requests(timeout: int | None = None):
+    """MLflow REST calls inside make one attempt each, answered within ``timeout`` seconds
+    (None: MLflow's own 120 s, for artifact uploads)."""
+    saved = {key: os.environ.get(key) for key in _QUICK}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    if timeout is not None:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True for a failure of the server rather than of the request: a refused or broken
+    connection, a timeout, a 5xx or 429 answer. Another 4xx (a bad metric, a deleted run) is the
+    request's."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    def busy(code: int) -> bool:
+        return code >= 500 or code == 429
+
+    if isinstance(exc, RestException):
+        return busy(exc.get_http_status_code())
+    if isinstance(exc, MlflowException):  # raised by MLflow's HTTP layer, not by validation
+        return str(exc).startswith("API request to") and busy(exc.get_http_status_code())
+    if isinstance(exc, requests.RequestException):  # artifact uploads raise these
+        return exc.response is None or busy(exc.response.status_code)
+    return False
+
+
+def reason(exc: BaseException) -> str:
+    """A connection failure in a few words: "Connection refused", "HTTP 503", "Read timed out"."""
+    text = str(exc).strip()
+    if code := re.search(r"too many (\d{3}) error responses", text):
+        return f"HTTP {code.group(1)}"
+    for known in ("Connection refused", "Connection reset", "Read timed out", "timed out"):
+        if known in text:
+            return known
+    return text.splitlines()[-1][:160] if text else type(exc).__name__
+
+
+def retrying(call, uri: str, what: str, *, wait: float = 120.0, every: float = 2.0,
+             timeout: int | None = None, log=print):
+    """``call()``, tried again every ``every`` seconds while the tracking server at ``uri`` is
+    unreachable, for at most ``wait`` seconds; then ``TrackingUnreachable`` says so in one line.
+    Any other failure is raised at once."""
+    deadline = time.monotonic() + wait
+    warned = False
+    while True:
+        try:
+            with quick_requests(timeout):
+                return call()
+        except Exception as exc:  # noqa: BLE001 — sorted by unreachable()
+            if not unreachable(exc):
+                raise
+            if time.monotonic() + every > deadline:
+                waited = f" for {wait:.0f} s" if wait else ""
+                raise TrackingUnreachable(f"tracking server {uri} unreachable{waited} while {what} "
+                                          f"({reason(exc)})") from exc
+            if not warned:
+                log(f"tracking server {uri} unreachable while {what} ({reason(exc)}); "
+                    f"retrying for up to {wait:.0f} s")
+                warned = True
+            time.sleep(every)

@@ -4,10 +4,16 @@ The task never joins a process group itself: it resolves the job, makes (or find
 MLflow run, and starts ``torchrun … -m tasks.engine`` (or, with ``launcher="ray"``, Ray Train's
 ``TorchTrainer``: ``tasks/train/ray_launch.py``). A retry launches the same job, which resumes
 from the last checkpoint, so a retry is never a restart from step 0.
+
+The tracking server may go away meanwhile: the engine buffers its metrics
+(``tasks/train/metrics_log.py``), and the task's own MLflow calls at the end (the unsent metrics,
+the model, the run's status) wait up to ``TRACKING_WAIT`` seconds for it, then fail in one line
+(not retried by Prefect: the wait was the retry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -23,9 +29,11 @@ from tasks.errors import Transient, retry_unless_bad_input
 from tasks import catalog
 from tasks.config import TrainConfig
 from tasks.train.engine import BEST, CHECKPOINT, Job, load_checkpoint
+from tasks.train.metrics_log import send_unsent
 from tasks.train.recipe import resolve
 
 RUN_RECORD = "run.json"
+TRACKING_WAIT = 120.0  # seconds the task waits for an unreachable tracking server, per call
 
 
 class TrainingError(Transient):
@@ -49,7 +57,8 @@ def prepare(cfg: TrainConfig, home: Path, uri: str) -> Job:
     record = json.loads(storage.read_bytes(record_url))
     _check_same_run(cfg, TrainConfig(**record["config"]), checkpoint_dir)
     run_id = record["mlflow_run_id"]
-    tracking.client(uri).update_run(run_id, status="RUNNING")  # (re)started: it runs
+    tracking.retrying(lambda: tracking.client(uri).update_run(run_id, status="RUNNING"),  # (re)started: it runs
+                      uri, "marking the run RUNNING", wait=TRACKING_WAIT, timeout=30)
     variants = tuple(v for v in variant_names(recipe) if storage.exists(storage.join(f"{cfg.data.rstrip('/')}-{v}",
                                                                                       "manifest.json")))
     return Job(cfg, checkpoint_dir, ref, tuple(shards.class_names(manifest)), uri, run_id, variants)
@@ -61,6 +70,8 @@ def _create_run(cfg: TrainConfig, manifest: dict, recipe, experiment: str, check
     task at once: the record is created only if absent, and a node that lost the race deletes
     the MLflow run it made and joins the winner's."""
     record_url = storage.join(checkpoint_dir, RUN_RECORD)
+    if cfg.nnodes == 1:
+        _delete_unrecorded_runs(uri, experiment, cfg.run_name, checkpoint_dir)
     params = tracking.flatten(cfg)
     params.update({"data.dataset": manifest["dataset"], "data.version": manifest["version"],
                    "experiment": experiment,
@@ -74,6 +85,21 @@ def _create_run(cfg: TrainConfig, manifest: dict, recipe, experiment: str, check
         tracking.client(uri).delete_run(run_id)
         return
     tracking.log_dataset(uri, run_id, cfg.data, manifest)
+
+
+def _delete_unrecorded_runs(uri: str, experiment: str, run_name: str, checkpoint_dir: str) -> None:
+    """Delete the MLflow runs of launchers killed between making their run and its record:
+    RUNNING, this run's name and checkpoint dir, no dataset logged (that follows the record).
+    Left alone they stay RUNNING beside the run that trains. One node only: on several, another
+    node may be making its run at this moment."""
+    client = tracking.client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    for run in client.search_runs([found.experiment_id],
+                                  filter_string=f"attributes.run_name = '{run_name}' and attributes.status = 'RUNNING'"):
+        if run.data.tags.get("visionflow.checkpoint_dir") == checkpoint_dir and not run.inputs.dataset_inputs:
+            client.delete_run(run.info.run_id)
 
 
 def variant_names(recipe) -> list[str]:
@@ -181,6 +207,8 @@ def log_event(event: dict, job: Job, log) -> None:
         log(_epoch_line(event, job))
     elif event["event"] == "progress":
         log(f"  step {event['step']}/{event['steps']}  loss {event['loss']:.4f}")
+    elif event["event"] == "note":  # the tracking server away or back, system metrics off
+        log(event["text"])
     elif event["event"] == "resume":
         how = f"re-planned for {event['world_size']} ranks" if event["replanned"] else "same plan"
         padding = f", {event['padding']} padding samples" if event["padding"] else ""
@@ -197,14 +225,21 @@ def _epoch_line(m: dict, job: Job) -> str:
             + ("  LR decayed" if m.get("lr_decayed") else ""))
 
 
-def log_model(job: Job, state: dict) -> None:
+def log_model(job: Job, state: dict, log=print) -> None:
     """Log the run's best network (else its last) to the run as an MLflow PyTorch model and
-    register it as ``<experiment>-<recipe>``, once per trained state. ``state`` is the final
-    checkpoint; ``models:/<name>@latest`` then resolves to this version. Of a multi-node run's
-    nodes the first to claim the state logs it (should that node fail while logging, log it again
-    from one node with ``--nnodes 1``)."""
+    register it as ``<experiment>-<recipe>``, once per trained state, and end the run FINISHED.
+    ``state`` is the final checkpoint; ``models:/<name>@latest`` then resolves to this version.
+    Of a multi-node run's nodes the first to claim the state logs it (should that node fail while
+    logging, log it again from one node with ``--nnodes 1``). An unreachable tracking server is
+    waited for (``TRACKING_WAIT``); an attempt cut short is redone whole."""
+    tracking.retrying(lambda: _log_model_once(job, state), job.tracking_uri, "logging the model",
+                      wait=TRACKING_WAIT, log=log)
+
+
+def _log_model_once(job: Job, state: dict) -> None:
     import mlflow
     import mlflow.pytorch
+    from mlflow.entities import LoggedModelStatus
 
     best = load_checkpoint(storage.join(job.checkpoint_dir, BEST)) or state
     epoch = str(state["epoch"])
@@ -215,8 +250,9 @@ def log_model(job: Job, state: dict) -> None:
     experiment_id = client.get_run(job.mlflow_run_id).info.experiment_id
     experiment = client.get_experiment(experiment_id).name
     name = f"{experiment}-{job.config.recipe}"
-    logged = [m for m in client.search_logged_models(experiment_ids=[experiment_id])
-              if m.source_run_id == job.mlflow_run_id and m.tags.get("visionflow.epoch") == epoch]
+    logged = [m for m in client.search_logged_models(experiment_ids=[experiment_id])  # not one cut short
+              if m.source_run_id == job.mlflow_run_id and m.tags.get("visionflow.epoch") == epoch
+              and m.status == LoggedModelStatus.READY]
     if logged:  # a re-run of a finished run, or a retry after the registry failed
         if not client.search_model_versions(f"name='{name}' and run_id='{job.mlflow_run_id}'"):
             mlflow.set_tracking_uri(job.tracking_uri)
@@ -248,17 +284,49 @@ def signature(example: tuple):
                                          for i, x in enumerate(example)]))
 
 
-@task(name="train", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_unless_bad_input)
+def _mark_failed(job: Job, log) -> None:
+    """Best effort, one attempt each: the failure that brought us here is the one to report, and
+    metrics still unsent stay in their file for the resume."""
+    uri, run_id = job.tracking_uri, job.mlflow_run_id
+    try:
+        with contextlib.suppress(tracking.TrackingUnreachable):
+            send_unsent(job, log, wait=0)
+        tracking.retrying(lambda: tracking.client(uri).set_terminated(run_id, status="FAILED"), uri,
+                          "marking the run FAILED", wait=0, timeout=10)
+    except Exception as exc:  # noqa: BLE001
+        log(f"MLflow run {run_id} not marked FAILED: {exc}")
+
+
+def retry_unless_bad_input_or_tracked(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: a tracking server already waited for is not retried."""
+    try:
+        state.result()
+    except tracking.TrackingUnreachable:
+        return False
+    except Exception:  # noqa: BLE001 — judged below
+        pass
+    return retry_unless_bad_input(task, task_run, state)
+
+
+@task(name="train", retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_unless_bad_input_or_tracked)
 def train_task(cfg: TrainConfig, home: Path, uri: str) -> dict:
     logger = get_run_logger()
-    job = prepare(cfg, home, uri)
+    try:
+        job = prepare(cfg, home, uri)
+    except Exception as exc:  # MLflow's client has retried for minutes already
+        if tracking.unreachable(exc):
+            raise tracking.TrackingUnreachable(f"tracking server {uri} unreachable while starting the run "
+                                               f"({tracking.reason(exc)})") from exc
+        raise
     logger.info("training %s on %s (%d × %s), checkpoints in %s, MLflow run %s", cfg.recipe, cfg.data,
                 processes_per_node(cfg) * cfg.nnodes, cfg.device, job.checkpoint_dir, job.mlflow_run_id)
     try:
         state = run_to_end(job, logger.info)
-        log_model(job, state)  # its MLflow run context closes the run as FINISHED
+        send_unsent(job, logger.info, wait=TRACKING_WAIT)  # what the engine could not log
+        log_model(job, state, logger.warning)  # its MLflow run context closes the run as FINISHED
     except BaseException:
-        tracking.client(uri).set_terminated(job.mlflow_run_id, status="FAILED")
+        _mark_failed(job, logger.warning)
         raise
     return {"checkpoint_dir": job.checkpoint_dir, "mlflow_run_id": job.mlflow_run_id,
             "select": f"val/{job.recipe.select}", **state["history"][-1]}
