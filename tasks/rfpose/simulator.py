@@ -23,7 +23,7 @@ What is modelled (world: x right, y up, z away from the radio; metres and second
   turning on the way), standing and sitting. The 14 CrowdPose joints come from forward
   kinematics: hip/knee/shoulder/elbow angles driven by a gait phase that advances with the
   distance walked, blended into a sitting pose; people may pass through each other.
-- The camera: a pinhole 12 cm beside the radio, tilted 6° down, 70° horizontal field of view.
+- The camera: a pinhole 12 cm beside the radio, tilted 6° down, 60° horizontal field of view.
   Frames are ray-cast walls and a tiled floor, with each person drawn as depth-sorted shaded
   capsules (torso, limbs, head) over a floor shadow, plus sensor noise and a slowly drifting
   exposure, saved as JPEG. A joint gets v = 2 when it is in the image and unoccluded, v = 1 when
@@ -150,12 +150,15 @@ def _room(seed: int, scene: str) -> Room:
     colors = rng.uniform(60, 220, size=(6, 3))
     colors[1] = colors[0] * rng.uniform(0.6, 0.85)           # checker: the darker tile
     wall_z = float(_rng(seed, "wall").uniform(0.8, 1.2)) if scene == "through-wall" else None
-    return Room(float(rng.uniform(4.0, 6.0)), float(rng.uniform(5.5, 7.5)), 2.7, wall_z, colors)
+    return Room(float(rng.uniform(4.0, 6.0)), float(rng.uniform(4.5, 6.0)), 2.7, wall_z, colors)
+
+
+HALF_FOV_DEG = 30  # a 60° horizontal field of view
 
 
 def _camera(image_size: tuple[int, int]) -> Camera:
     w, h = image_size
-    return Camera(w, h, (w / 2) / np.tan(np.radians(35)), RADIO + [0.12, 0.05, 0.0], np.radians(6))
+    return Camera(w, h, (w / 2) / np.tan(np.radians(HALF_FOV_DEG)), RADIO + [0.12, 0.05, 0.0], np.radians(6))
 
 
 # --- people: plans and kinematics --------------------------------------------------------------
