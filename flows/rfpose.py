@@ -22,7 +22,7 @@ from tasks.rfpose.config import RfposeIngestConfig, RfposePipelineConfig, Simula
 
 @flow(name="rfpose-simulate")
 def rfpose_simulate(cfg: SimulateConfig) -> list[str]:
-    return steps.simulate(cfg.out, cfg.sessions, cfg.seconds, cfg.seed, cfg.rf_size)
+    return steps.simulate(cfg.out, cfg.sessions, cfg.seconds, cfg.seed, cfg.rf_size, cfg.grid, cfg.clock_offset)
 
 
 @flow(name="rfpose-ingest")
@@ -45,7 +45,8 @@ def rfpose_pipeline(cfg: RfposePipelineConfig) -> dict:
     source = cfg.source
     if cfg.simulate:
         source = str(home / "raw" / f"rfpose-sim-{cfg.simulate}x{cfg.seconds:g}s-rf{cfg.rf_size}")
-        rfpose_simulate(SimulateConfig(out=source, sessions=cfg.simulate, seconds=cfg.seconds, rf_size=cfg.rf_size))
+        rfpose_simulate(SimulateConfig(out=source, sessions=cfg.simulate, seconds=cfg.seconds, rf_size=cfg.rf_size,
+                                       clock_offset=cfg.clock_offset))
     data = rfpose_ingest(RfposeIngestConfig(source=source, hupr=cfg.hupr, out=cfg.out, dataset=cfg.dataset,
                                             version=f"w{cfg.window}-rf{cfg.rf_size}" if cfg.simulate else f"w{cfg.window}",
                                             window=cfg.window))

@@ -89,6 +89,94 @@ def rfpose_student(**kwargs) -> RFPoseStudent:
     return RFPoseStudent(**kwargs)
 
 
+# --- the range-matched student: what a CPU run can train ---------------------------------------
+
+RANGE_MATCHED_CHANNELS = (32, 64, 64, 128)  # encoder; the head runs at the last width
+
+
+def range_encoder(in_channels: int, channels: list[int]) -> nn.Sequential:
+    """(B, C, T, R, A) → (B, C', T, R/8, A): 3×·×· spatio-temporal convs that stride the range axis
+    (three times) and keep every angle bin: angle is what places a joint in the image."""
+    layers: list[nn.Module] = []
+    for i, out_channels in enumerate(channels):
+        kernel, stride = ((3, 5, 5), (1, 2, 1)) if i == 0 else ((3, 3, 3), (1, 2, 1) if i < 3 else (1, 1, 1))
+        layers += [nn.Conv3d(in_channels, out_channels, kernel, stride=stride,
+                             padding=tuple(k // 2 for k in kernel), bias=False),
+                   nn.BatchNorm3d(out_channels), nn.ReLU(inplace=True)]
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+def resampling(out_size: int, in_size: int) -> torch.Tensor:
+    """(out, in) linear-interpolation weights from ``in_size`` cells onto ``out_size`` over the
+    same extent: the learnt angle → image-axis warps start here."""
+    centres = (torch.arange(out_size) + 0.5) * in_size / out_size - 0.5
+    return (1 - (centres[:, None] - torch.arange(in_size)[None]).abs()).clamp(min=0)
+
+
+class RangeMatchedStudent(nn.Module):
+    """Two encoders, as the paper's, but joined where the geometry joins them.
+
+    Both heatmaps share their first axis, range (or depth): the horizontal one is range × azimuth,
+    the vertical one range × elevation. A reflector at range r, azimuth a and elevation e lights
+    cell (r, a) of one and (r, e) of the other, so the features meet as an outer product summed
+    over range, f[c, e, a] = Σ_r h[c, r, a] · v[c, r, e]: people at different ranges do not mix.
+    Two learnt linear warps take elevation to image rows and azimuth to image columns (a camera
+    beside the radio sees azimuth as x, elevation as y; the warps start as plain resampling, rows
+    flipped: elevation bins run down → up as the simulator writes them, image rows top → down), and
+    a small convolutional head turns the (T, h, w) features into 14 confidence-map logits.
+
+    The paper's student (``RFPoseStudent``) squeezes both planes through an H/32 bottleneck and
+    lets its decoder learn the whole geometry; with the data and minutes of a CPU run it learns
+    where people are but not where their joints are (README: the RF-Pose attempts).
+
+    Input: (B, C, T, R, A) and (B, C, T, R, E) with R divisible by 8. Output (B, K, T, h, w),
+    ``map_hw`` = (h, w) (default (E/2, A/2), the half-size maps the recipe renders).
+    """
+
+    def __init__(self, in_channels: int = 1, num_keypoints: int = NUM_KEYPOINTS, width: float = 1.0,
+                 angles: tuple[int, int] = (64, 64), map_hw: tuple[int, int] | None = None):
+        super().__init__()
+        enc = [scale(c, width) for c in RANGE_MATCHED_CHANNELS]
+        self.horizontal = range_encoder(in_channels, enc)
+        self.vertical = range_encoder(in_channels, enc)
+        elevations, azimuths = angles
+        h, w = map_hw or (elevations // 2, azimuths // 2)
+        # elevation bins run down → up, image rows top → down: the row warp starts flipped
+        self.rows = nn.Parameter(resampling(h, elevations).flip(1))     # (h, E)
+        self.columns = nn.Parameter(resampling(w, azimuths))    # (w, A)
+        c = enc[-1]
+        self.head = nn.Sequential(
+            nn.BatchNorm3d(c),
+            nn.Conv3d(c, c, (3, 3, 3), padding=1, bias=False), nn.BatchNorm3d(c), nn.ReLU(inplace=True),
+            nn.Conv3d(c, c, (3, 3, 3), padding=1, bias=False), nn.BatchNorm3d(c), nn.ReLU(inplace=True),
+            nn.Conv3d(c, num_keypoints, 1))
+        # Start at the maps' prior (a joint covers ~1 % of a map's pixels), not at p = 0.5: Adam
+        # would spend thousands of steps walking the bias down.
+        nn.init.constant_(self.head[-1].bias, -4.6)
+
+    def forward(self, horizontal: torch.Tensor, vertical: torch.Tensor) -> torch.Tensor:
+        if (horizontal.dim() != 5 or vertical.dim() != 5 or horizontal.shape[:4] != vertical.shape[:4]
+                or horizontal.shape[-1] != self.columns.shape[1] or vertical.shape[-1] != self.rows.shape[1]):
+            raise ValueError("the range-matched student expects (B, C, T, R, A) and (B, C, T, R, E) heatmaps "
+                             f"with A={self.columns.shape[1]}, E={self.rows.shape[1]}; got "
+                             f"{tuple(horizontal.shape)} and {tuple(vertical.shape)}")
+        h, v = self.horizontal(horizontal), self.vertical(vertical)       # (B, C, T, R', A|E)
+        image = torch.einsum("bctea,ye,xa->bctyx", join_by_range(h, v), self.rows, self.columns)
+        return self.head(image)
+
+
+def join_by_range(horizontal: torch.Tensor, vertical: torch.Tensor) -> torch.Tensor:
+    """(B, C, T, R, A) and (B, C, T, R, E) → (B, C, T, E, A): the mean over range of the two
+    planes' outer product, so only features at the same range meet."""
+    return torch.einsum("bctra,bctre->bctea", horizontal, vertical) / horizontal.shape[3]
+
+
+@register("rfpose_range_matched")
+def rfpose_range_matched(**kwargs) -> RangeMatchedStudent:
+    return RangeMatchedStudent(**kwargs)
+
+
 def confidence_map_bce(logits: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Per-pixel binary cross-entropy against the teacher's confidence maps (values in [0, 1]).
 

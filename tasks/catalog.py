@@ -20,6 +20,7 @@ RECIPES: dict[str, str] = {
     "resnet50_dawnbench": "tasks.imagenet.recipes:RESNET50_DAWNBENCH",
     "pconv_unet": "tasks.inpaint.recipes:PCONV_UNET",
     "rfpose_student": "tasks.rfpose.recipes:RFPOSE_STUDENT",
+    "rfpose_student_paper": "tasks.rfpose.recipes:RFPOSE_STUDENT_PAPER",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from tasks.config import Frozen
@@ -14,7 +16,12 @@ class SimulateConfig(Frozen):
     sessions: int = Field(8, ge=1, description="Sessions to simulate; every fourth is through-wall")
     seconds: float = Field(20.0, gt=0, description="Length of each session in seconds")
     seed: int = Field(0, description="Seed: the same seed writes the same sessions")
-    rf_size: int = Field(64, ge=16, description="RF heatmap side (depth and across bins)")
+    clock_offset: bool = Field(False, description="Write the true camera–radio clock offset into session.json "
+                               "(a calibrated rig); without it sync estimates the offset from motion")
+    rf_size: int = Field(64, ge=16, description="RF heatmap side (range or depth bins, and bins across)")
+    grid: Literal["range-angle", "cartesian"] = Field(
+        "range-angle", description="Heatmap cells: range × azimuth / elevation (what the rfpose_student "
+        "recipe takes), or Cartesian depth × x / height")
 
 
 class RfposeIngestConfig(Frozen):
@@ -32,8 +39,10 @@ class RfposeIngestConfig(Frozen):
 class RfposePipelineConfig(Frozen):
     simulate: int | None = Field(None, ge=1, description="Simulate this many sessions and train on them")
     seconds: float = Field(20.0, gt=0, description="Length of each simulated session")
-    rf_size: int = Field(32, ge=16, description="Simulated RF heatmap side (CPU-sized default; the student's "
-                         "maps are half of it)")
+    rf_size: int = Field(64, ge=16, description="Simulated RF heatmap side (range and angle bins; the "
+                         "rfpose_student recipe takes 64, its maps are half of it)")
+    clock_offset: bool = Field(True, description="Simulated sessions carry their true clock offset, so the "
+                               "scores measure the student, not sync (--no-clock-offset: sync estimates it)")
     source: str | None = Field(None, description=RfposeIngestConfig.model_fields["source"].description)
     hupr: str | None = Field(None, description=RfposeIngestConfig.model_fields["hupr"].description)
     out: str | None = Field(None, description=RfposeIngestConfig.model_fields["out"].description)

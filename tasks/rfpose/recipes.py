@@ -1,16 +1,25 @@
-"""The RF-Pose student recipe (Zhao et al., "Through-Wall Human Pose Estimation Using Radio
-Signals", CVPR 2018), as the one engine trains it.
+"""The RF-Pose student recipes (Zhao et al., "Through-Wall Human Pose Estimation Using Radio
+Signals", CVPR 2018), as the one engine trains them.
 
     visionflow pipeline rfpose --simulate 8
     visionflow train --recipe rfpose_student --data ~/.visionflow/datasets/rfpose/v1 --width 0.25
 
-Two RF encoders (horizontal and vertical heatmap windows, 9×5×5 spatio-temporal convolutions) and
-a decoder to 14 confidence maps per frame (``models.rfpose``); per-pixel binary cross-entropy
-against the teacher's maps, averaged over the frames a camera frame labelled (the others are
-input only: cameras run slower than radios); Adam. The paper's batch and LR are not in the text
-read (research notes: "recall, unverified"); the recipe uses Adam 1e-3 at batch 8.
-Evaluation: keypoints decoded from the maps, one person per neck peak, AP over OKS with
-CrowdPose's 14 sigmas (``tasks/rfpose/evaluator.py``).
+Two recipes, one loss and evaluation, two students (``models.rfpose``):
+
+- ``rfpose_student`` (the pipeline's): ``RangeMatchedStudent``. The paper's two spatio-temporal
+  RF encoders (horizontal and vertical windows), striding range only, joined where a reflector
+  shows in both planes (same range), warped from azimuth × elevation to the image and decoded by
+  a small head. Takes range × angle heatmaps with 64 azimuth and 64 elevation bins (the
+  simulator's default grid; HuPR's planes).
+- ``rfpose_student_paper``: ``RFPoseStudent``, the paper's encoder–decoder (H/32 bottleneck,
+  fractionally strided decoder), any heatmap grid; for the paper's data and GPUs.
+
+Both: per-pixel binary cross-entropy against the teacher's maps, averaged over the frames a
+camera frame labelled (the others are input only: cameras run slower than radios); Adam. The
+paper's batch, LR and schedule are not in the text read (research notes: "recall, unverified");
+the recipes use Adam 1e-3 at batch 8 with a cosine decay to 5 %. Evaluation: keypoints decoded
+from the maps, one person per neck peak, AP over OKS with CrowdPose's 14 sigmas
+(``tasks/rfpose/evaluator.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import torch.nn.functional as F
 from tasks.rfpose import maps
 from tasks.rfpose.evaluator import SCENES, PoseEvaluator
 from tasks.train.recipe import Optimizer, Recipe
-from tasks.train.schedules import Phase
+from tasks.train.schedules import Phase, Schedule
 
 
 def _npy(data: bytes) -> np.ndarray:
@@ -81,12 +90,19 @@ def loss(device: torch.device):
 
 def example_input(kwargs: dict, phase: Phase) -> tuple[torch.Tensor, ...]:
     c = kwargs.get("in_channels", 2)
-    return torch.zeros(2, c, 8, 32, 32), torch.zeros(2, c, 8, 32, 32)
+    return torch.zeros(2, c, 8, 64, 64), torch.zeros(2, c, 8, 64, 64)
 
 
-RFPOSE_STUDENT = Recipe(
-    "rfpose_student", experiment="rfpose", model="rfpose_student",
+_COMMON = dict(
+    experiment="rfpose",
     # complex heatmaps as (re, im) channels, as RF-Pose feeds them
     model_kwargs=lambda manifest, width: {"in_channels": 2, "width": width},
     decoder=decoder, to_device=to_device, loss=loss, evaluator=PoseEvaluator, example_input=example_input,
-    optimizer=Optimizer("adam"), lr=1e-3, epochs=10, batch_size=8, select="ap", val_split="val")
+    optimizer=Optimizer("adam"), lr=1e-3, epochs=10, batch_size=8, select="ap", val_split="val",
+    schedule=Schedule("cosine", min_factor=0.05))  # our choice: the paper's schedule is not in the text read
+
+# The default student joins the two planes by range (``RangeMatchedStudent``): range × angle
+# heatmaps with 64 angle bins (the simulator's default grid, HuPR's 64 × 64 planes).
+RFPOSE_STUDENT = Recipe("rfpose_student", model="rfpose_range_matched", **_COMMON)
+# The paper's encoder–decoder (``RFPoseStudent``), for data and GPUs at the paper's scale.
+RFPOSE_STUDENT_PAPER = Recipe("rfpose_student_paper", model="rfpose_student", **_COMMON)

@@ -8,8 +8,9 @@
 One directory per recording, in the session format ``tasks/rfpose/sessions.py`` reads::
 
     session.json      {"rf": {"fps"}, "rgb": {"fps", "width", "height"}, "scene", "clock_offset_s"?}
-    rf/horizontal.npy (N, D, X) complex64: depth bins (near → far) × lateral bins (left → right)
-    rf/vertical.npy   (N, D, Y) complex64: depth bins (near → far) × height bins (floor → up)
+    rf/horizontal.npy (N, R, A) complex64: range bins (near → far) × azimuth bins (left → right)
+    rf/vertical.npy   (N, R, E) complex64: range bins (near → far) × elevation bins (down → up)
+                      (``grid="cartesian"``: depth × lateral and depth × height bins instead)
     rf/timestamps.npy (N,) float64, the radio's clock
     rgb/000000.jpg …  M frames;  rgb/timestamps.npy (M,) float64, the camera's clock
     keypoints.json    ground truth in image pixels, CrowdPose order, "frame" = stored RGB index
@@ -38,8 +39,11 @@ What is modelled (world: x right, y up, z away from the radio; metres and second
   random while it moves (a 2-state Markov chain per limb). Multipath: mirror images across the
   back and side walls (image method: weaker, at their longer range). Each plane is formed where
   a radio resolves it, in (range, angle) cells (±72°), blurred there by a fixed range and angle
-  resolution, then resampled onto the Cartesian grid, so a person blurs more across the farther
-  they stand. Static clutter
+  resolution, then resampled onto the output grid: by default (``grid="range-angle"``) range
+  0–8 m × azimuth ±0.6 rad and range × elevation −0.6…0.4 rad, what an FMCW antenna array
+  resolves (HuPR's planes are the same kind) and a margin around the camera's view; or
+  (``grid="cartesian"``) depth 0–8 m × x ±4 m and depth × height 0–2.56 m, where a person
+  blurs more across the farther they stand. Static clutter
   (the back wall, furniture) and complex Gaussian noise. Through-wall: a wall 0.8–1.2 m out
   attenuates everything behind it (two-way ~6 dB), adds its own strong reflection and raises
   the noise 1.5–2×. Its camera frames still show the room (people v = 2 where seen), standing
@@ -76,7 +80,7 @@ from PIL import Image
 from tasks.errors import BadInput
 from tasks.rfpose.skeleton import K
 
-GENERATOR = "visionflow.rfpose-sim/1"  # bump whenever the same seed would give other bytes
+GENERATOR = "visionflow.rfpose-sim/2"  # bump whenever the same seed would give other bytes
 SCENES = ("visible", "through-wall")
 RADIO = np.array([0.0, 1.0, 0.0])
 WAVELENGTH = 3e8 / 6.3e9            # the middle of RF-Pose's 5.4–7.2 GHz sweep
@@ -85,7 +89,12 @@ RF_EXTENT = {"depth_m": (0.0, 8.0), "x_m": (-4.0, 4.0), "height_m": (0.0, 2.56)}
 RANGE_SIGMA = 0.09                  # m; about a 1.8 GHz sweep's range resolution
 ANGLE_SIGMA = {"x": 0.05, "height": 0.06}  # rad; the blur across = angle × range
 POLAR = {"range_m": (0.0, 9.0), "angle_rad": (-1.26, 1.26)}  # the radio's cells: ±72° of view
-POLAR_BINS = (64, 64)
+POLAR_BINS = (128, 128)             # finer than the blur on both axes (0.07 m, 0.02 rad)
+# grid="range-angle" (the default, what FMCW arrays and HuPR give): range × azimuth and range ×
+# elevation, the angles measured from the radio's boresight in each plane; the window covers
+# the camera's view with a margin (it sees ±30° across, 29° down to 17° up).
+RANGE_ANGLE = {"range_m": (0.0, 8.0), "azimuth_rad": (-0.6, 0.6), "elevation_rad": (-0.6, 0.4)}
+GRIDS = ("range-angle", "cartesian")
 NOISE = 0.008                       # complex noise σ per cell, visible scene
 WALK, STAND, SIT = 0, 1, 2
 UP = np.array([0.0, 1.0, 0.0])
@@ -515,22 +524,38 @@ def _blur(polar, angle_sigma):
     return out.reshape(R, T, A).transpose(1, 0, 2)                                            # (T, R, Φ)
 
 
-def _plane(depth, across, values, size, across_extent, origin, angle_sigma):
+def _plane(depth, across, values, size, extents, origin, angle_sigma, grid):
     """One heatmap (T, D, A): reflectors seen from the radio at (range, angle) in this plane,
-    blurred there, resampled onto the Cartesian depth × across grid."""
+    blurred there, then resampled onto the output grid: (range, angle) cells over ``extents``
+    for ``grid="range-angle"``, Cartesian depth × across cells for ``"cartesian"``."""
     polar = _polar(np.hypot(depth, across - origin), np.arctan2(across - origin, depth), values, angle_sigma)
-    z, a = np.meshgrid(_axis(RF_EXTENT["depth_m"], size[0]), _axis(across_extent, size[1]), indexing="ij")
-    fa = _fractional(np.hypot(z, a - origin), POLAR["range_m"], POLAR_BINS[0]).ravel()
-    fb = _fractional(np.arctan2(a - origin, z), POLAR["angle_rad"], POLAR_BINS[1]).ravel()
+    first, second = (_axis(e, n) for e, n in zip(extents, size))
+    a, b = np.meshgrid(first, second, indexing="ij")
+    if grid == "range-angle":
+        ranges, angles = a, b
+    else:
+        ranges, angles = np.hypot(a, b - origin), np.arctan2(b - origin, a)
+    fa = _fractional(ranges, POLAR["range_m"], POLAR_BINS[0]).ravel()
+    fb = _fractional(angles, POLAR["angle_rad"], POLAR_BINS[1]).ravel()
     flat = polar.reshape(len(polar), -1)
     out = sum(flat[:, i] * w for i, w in _corners(fa, fb, POLAR_BINS))                     # (T, D·A)
     return out.reshape(len(polar), *size)
 
 
-def _heatmaps(points, values, size):
-    """Horizontal (x–depth) and vertical (height–depth) heatmaps (T, D, ·) of complex reflectors."""
-    h = _plane(points[..., 2], points[..., 0], values, size, RF_EXTENT["x_m"], RADIO[0], ANGLE_SIGMA["x"])
-    v = _plane(points[..., 2], points[..., 1], values, size, RF_EXTENT["height_m"], RADIO[1], ANGLE_SIGMA["height"])
+def _extents(grid: str) -> tuple[tuple, tuple]:
+    """The (first axis, second axis) extents of the horizontal and the vertical heatmap."""
+    if grid == "range-angle":
+        r = RANGE_ANGLE["range_m"]
+        return (r, RANGE_ANGLE["azimuth_rad"]), (r, RANGE_ANGLE["elevation_rad"])
+    return ((RF_EXTENT["depth_m"], RF_EXTENT["x_m"]), (RF_EXTENT["depth_m"], RF_EXTENT["height_m"]))
+
+
+def _heatmaps(points, values, size, grid):
+    """Horizontal (x–depth plane) and vertical (height–depth plane) heatmaps (T, D, ·) of
+    complex reflectors; the vertical plane's angle is elevation, its Cartesian axis height."""
+    eh, ev = _extents(grid)
+    h = _plane(points[..., 2], points[..., 0], values, size, eh, RADIO[0], ANGLE_SIGMA["x"], grid)
+    v = _plane(points[..., 2], points[..., 1], values, size, ev, RADIO[1], ANGLE_SIGMA["height"], grid)
     return h, v
 
 
@@ -552,7 +577,7 @@ def _static(seed: int, room: Room):
     return points[None], field[None], wall_points[None], wall_field[None]
 
 
-def _rf(seed: int, room: Room, persons, times, size):
+def _rf(seed: int, room: Room, persons, times, size, grid="range-angle"):
     """RF heatmaps (T, D, X) and (T, D, Y) complex64 at radio times (s from the start)."""
     rng = _rng(seed, "rf")
     pts, amps = [], []
@@ -564,13 +589,13 @@ def _rf(seed: int, room: Room, persons, times, size):
     points, amps = _mirrors(np.concatenate(pts, 1), np.concatenate(amps, 1), room)
     field = _field(points, amps)
     s_points, s_field, w_points, w_field = _static(seed, room)
-    h, v = _heatmaps(points, field, size)
-    sh, sv = _heatmaps(s_points, s_field, size)
+    h, v = _heatmaps(points, field, size, grid)
+    sh, sv = _heatmaps(s_points, s_field, size, grid)
     noise = NOISE
     if room.wall_z is not None:
         wrng = _rng(seed, "wall-loss")
         loss, noise = wrng.uniform(0.4, 0.55), NOISE * wrng.uniform(1.5, 2.0)   # two-way loss ~6 dB
-        wh, wv = _heatmaps(w_points, w_field, size)
+        wh, wv = _heatmaps(w_points, w_field, size, grid)
         h, v = loss * (h + sh) + wh, loss * (v + sv) + wv
     else:
         h, v = h + sh, v + sv
@@ -617,7 +642,8 @@ class Spec:
     seed: int
     seconds: float = 20.0
     scene: str = "visible"
-    rf_size: tuple[int, int] = (64, 64)          # (depth bins, bins across), both planes
+    rf_size: tuple[int, int] = (64, 64)          # (range or depth bins, bins across), both planes
+    grid: str = "range-angle"                    # or "cartesian": see RANGE_ANGLE
     image_size: tuple[int, int] = (160, 120)     # (W, H)
     rf_fps: float = 30
     rgb_fps: float = 15
@@ -630,7 +656,7 @@ class Spec:
 
 def _write_rf(tmp: Path, spec: Spec, room: Room, persons, clocks) -> None:
     (tmp / "rf").mkdir(parents=True)
-    horizontal, vertical = _rf(spec.seed, room, persons, clocks["rf_times"], spec.rf_size)
+    horizontal, vertical = _rf(spec.seed, room, persons, clocks["rf_times"], spec.rf_size, spec.grid)
     np.save(tmp / "rf" / "horizontal.npy", horizontal)
     np.save(tmp / "rf" / "vertical.npy", vertical)
     np.save(tmp / "rf" / "timestamps.npy", clocks["t0"] + clocks["rf_times"])
@@ -668,14 +694,23 @@ def _write_meta(tmp: Path, spec: Spec, room: Room, cam: Camera, persons, clocks)
         "jitter_ms": clocks["jitter_s"] * 1e3,
         "dropped_rf": clocks["rf_dropped"].tolist(), "dropped_rgb": clocks["rgb_dropped"].tolist(),
         "rgb_radio_times": (clocks["t0"] + clocks["rgb_times"]).tolist(),
-        "rf_grid": {"horizontal": ["depth_m", "x_m"], "vertical": ["depth_m", "height_m"],
-                    **{k: list(v) for k, v in RF_EXTENT.items()},
-                    "range_sigma_m": RANGE_SIGMA, "angle_sigma_rad": ANGLE_SIGMA},
+        "rf_grid": _grid_truth(spec.grid),
         "radio": RADIO.tolist(),
         "camera": {"position": cam.position.tolist(), "pitch_deg": float(np.degrees(cam.pitch)), "focal_px": cam.focal},
         "room": {"width": room.width, "depth": room.depth, "wall_z": room.wall_z},
         "people": [{"height": p.height, "speed": p.speed} for p in persons],
     })
+
+
+def _grid_truth(grid: str) -> dict:
+    if grid == "range-angle":
+        axes = {"horizontal": ["range_m", "azimuth_rad"], "vertical": ["range_m", "elevation_rad"]}
+        extents = RANGE_ANGLE
+    else:
+        axes = {"horizontal": ["depth_m", "x_m"], "vertical": ["depth_m", "height_m"]}
+        extents = RF_EXTENT
+    return {"grid": grid, **axes, **{k: list(v) for k, v in extents.items()},
+            "range_sigma_m": RANGE_SIGMA, "angle_sigma_rad": ANGLE_SIGMA}
 
 
 def _write(tmp: Path, spec: Spec) -> None:
@@ -689,6 +724,8 @@ def _write(tmp: Path, spec: Spec) -> None:
 
 
 def _check(spec: Spec) -> None:
+    if spec.grid not in GRIDS:
+        raise SimulationError(f"unknown RF grid {spec.grid!r}; expected one of {', '.join(GRIDS)}")
     if spec.scene not in SCENES:
         raise SimulationError(f"unknown scene {spec.scene!r}; expected one of {', '.join(SCENES)}")
     if spec.seconds * min(spec.rf_fps, spec.rgb_fps) < 2:
@@ -748,11 +785,14 @@ def main(argv=None) -> None:
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rf-size", type=int, default=64, help="heatmap side (bins on both axes)")
+    parser.add_argument("--grid", choices=GRIDS, default="range-angle", help="heatmap cells (default range-angle)")
     parser.add_argument("--clock-offset", action="store_true", help="write the true clock offset into session.json")
     parser.add_argument("--opaque-wall", action="store_true",
                         help="through-wall scenes: the camera sees the wall, not the room behind it")
     args = parser.parse_args(argv)
     for path in simulate(args.out, sessions=args.sessions, seconds=args.seconds, seed=args.seed,
+                         rf_size=(args.rf_size, args.rf_size), grid=args.grid,
                          clock_offset=args.clock_offset, opaque_wall=args.opaque_wall):
         print(path)
 

@@ -16,9 +16,10 @@ SIMULATED_SCENES = ("visible", "visible", "visible", "through-wall")
 
 
 @task(name="simulate-rfpose", **RETRY)
-def simulate(out: str, sessions: int, seconds: float, seed: int, rf_size: int = 64) -> list[str]:
+def simulate(out: str, sessions: int, seconds: float, seed: int, rf_size: int = 64,
+             grid: str = "range-angle", clock_offset: bool = False) -> list[str]:
     paths = simulator.simulate(out, sessions=sessions, seconds=seconds, seed=seed, scenes=SIMULATED_SCENES,
-                               rf_size=(rf_size, rf_size))
+                               rf_size=(rf_size, rf_size), grid=grid, clock_offset=clock_offset)
     get_run_logger().info("%d sessions of %.0f s in %s", len(paths), seconds, out)
     return [str(p) for p in paths]
 

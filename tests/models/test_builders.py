@@ -16,8 +16,8 @@ def images(*shape):
     return lambda: (torch.randn(*shape),)
 
 
-def rf_windows():
-    return torch.randn(2, 1, 4, 32, 32), torch.randn(2, 1, 4, 32, 32)
+def rf_windows(side: int = 32):
+    return torch.randn(2, 1, 4, side, side), torch.randn(2, 1, 4, side, side)
 
 
 def holed_image():
@@ -33,6 +33,7 @@ SMOKE = {
     "mnist_convnet": ({}, images(2, 1, 28, 28), (2, 10)),
     "mnist_mlp": ({}, images(2, 1, 28, 28), (2, 10)),
     "rfpose_student": (dict(width=1 / 8), rf_windows, (2, 14, 4, 16, 16)),
+    "rfpose_range_matched": (dict(width=1 / 8), lambda: rf_windows(64), (2, 14, 4, 32, 32)),
     "pconv_unet": (dict(depth=3, width=1 / 8), holed_image, (2, 3, 32, 32)),
 }
 
@@ -53,6 +54,7 @@ PARAM_COUNTS = {
     "mnist_convnet": 3_199_106,
     "mnist_mlp": 199_210,
     "rfpose_student": 37_428_238,
+    "rfpose_range_matched": 1_671_502,
     "pconv_unet": 32_859_796,
 }
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import models
-from models.rfpose import ENCODER_CHANNELS, confidence_map_bce, keypoints_from_maps
+from models.rfpose import ENCODER_CHANNELS, confidence_map_bce, join_by_range, keypoints_from_maps, resampling
 
 
 def windows(t: int, h: int = 32, w: int = 32, batch: int = 1):
@@ -98,3 +98,44 @@ def test_keypoints_keep_the_leading_dimensions():
     assert xy.shape == (2, 3, 14, 2) and score.shape == (2, 3, 14)
     assert torch.equal(xy, centres.float())
     torch.testing.assert_close(score, torch.full((2, 3, 14), 0.8))
+
+
+# --- the range-matched student (the rfpose_student recipe's model) ------------------------------
+
+def test_range_matched_student_gives_half_size_maps_per_frame():
+    torch.manual_seed(0)
+    net = models.build("rfpose_range_matched", in_channels=2, width=1 / 8)
+    logits = net(torch.randn(2, 2, 5, 64, 64), torch.randn(2, 2, 5, 64, 64))
+    assert logits.shape == (2, 14, 5, 32, 32)
+    confidence_map_bce(logits, torch.rand_like(logits)).backward()
+    assert net.horizontal[0].weight.grad.abs().sum() > 0 and net.vertical[0].weight.grad.abs().sum() > 0
+    assert net.rows.grad.abs().sum() > 0 and net.columns.grad.abs().sum() > 0
+
+
+def test_range_matched_student_strides_range_and_keeps_every_angle_bin():
+    net = models.build("rfpose_range_matched")
+    convs = [m for m in net.horizontal if isinstance(m, nn.Conv3d)]
+    assert [c.stride for c in convs] == [(1, 2, 1)] * 3 + [(1, 1, 1)]
+    assert net.rows.shape == (32, 64) and net.columns.shape == (32, 64)
+
+
+def test_only_features_at_the_same_range_meet():
+    h, v = torch.zeros(1, 1, 1, 8, 6), torch.zeros(1, 1, 1, 8, 4)
+    h[..., 2, 5] = 1.0   # something at range 2, azimuth 5
+    v[..., 2, 1] = 1.0   # something at range 2, elevation 1
+    v[..., 6, 3] = 1.0   # something else at range 6, elevation 3
+    joined = join_by_range(h, v)[0, 0, 0]  # (E, A)
+    assert joined[1, 5] == pytest.approx(1 / 8)
+    assert joined.sum() == pytest.approx(1 / 8)  # range 6 found no partner
+
+
+def test_the_warps_start_as_plain_resampling():
+    w = resampling(2, 4)
+    assert torch.allclose(w, torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]))
+    assert torch.allclose(resampling(4, 4), torch.eye(4))
+
+
+def test_range_matched_student_refuses_other_angle_bins():
+    net = models.build("rfpose_range_matched", width=1 / 16)
+    with pytest.raises(ValueError, match=r"A=64, E=64.*\(1, 1, 4, 64, 32\)"):
+        net(torch.randn(1, 1, 4, 64, 32), torch.randn(1, 1, 4, 64, 64))

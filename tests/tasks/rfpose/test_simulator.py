@@ -160,3 +160,26 @@ def test_keypoint_rcnn_without_weights_says_where_to_get_them(tmp_path):
         teacher.keypoint_rcnn([tmp_path / "a.jpg"])
     with pytest.raises(BadInput, match="no Keypoint R-CNN weights at"):
         teacher.keypoint_rcnn([tmp_path / "a.jpg"], weights=tmp_path / "missing.pth")
+
+
+def test_a_reflector_lands_in_its_range_angle_cells():
+    # one point 1 m right, 0.5 m above the radio, 3 m out: its range and angle in each plane
+    point, field = np.array([[[1.0, simulator.RADIO[1] + 0.5, 3.0]]]), np.ones((1, 1), complex)
+    h, v = simulator._heatmaps(point, field, (64, 64), "range-angle")
+    ra = simulator.RANGE_ANGLE
+
+    def cell(value, extent):
+        return (value - extent[0]) / (extent[1] - extent[0]) * 64 - 0.5
+
+    for plane, across, extent in ((h, 1.0, ra["azimuth_rad"]), (v, 0.5, ra["elevation_rad"])):
+        r, a = np.unravel_index(np.abs(plane[0]).argmax(), plane[0].shape)
+        assert abs(r - cell(np.hypot(3.0, across), ra["range_m"])) <= 1
+        assert abs(a - cell(np.arctan2(across, 3.0), extent)) <= 1
+    h, v = simulator._heatmaps(point, field, (64, 64), "cartesian")
+    r, a = np.unravel_index(np.abs(h[0]).argmax(), h[0].shape)
+    assert abs(r - cell(3.0, simulator.RF_EXTENT["depth_m"])) <= 1 and abs(a - cell(1.0, simulator.RF_EXTENT["x_m"])) <= 1
+
+
+def test_an_unknown_grid_is_refused(tmp_path):
+    with pytest.raises(simulator.SimulationError, match="unknown RF grid 'polar'"):
+        simulator.simulate_session(tmp_path / "s", 0, 1.0, grid="polar")
