@@ -27,10 +27,11 @@ One sample per window, key ``<session>-<first frame:06d>``::
     json          {"session", "frames": [first, stop), "scene", "people": P,
                    "image": [width, height], "rf_scale"}
 
-Normalisation: one scale per session, the RMS magnitude of its horizontal stream over all of
-its frames (``sqrt(mean |x|²)``, re² + im² for complex input), divides both streams, so a
-radio's gain and the room's clutter level do not set the input scale; it is stored as
-``rf_scale``. Values are clipped to float16's range before the cast.
+Normalisation: one scale per session divides both streams: the RMS magnitude of what moves in
+its horizontal stream, ``sqrt(mean |x − x̄|²)`` over all frames and cells with ``x̄`` each
+cell's mean over the session (re² + im² for complex input; the plain RMS where nothing moves),
+so a radio's gain sets no input scale and neither do static reflectors: a wall's echo, many
+times a person's, would otherwise shrink the people behind it; it is stored as ``rf_scale``. Values are clipped to float16's range before the cast.
 
 Splits, by session: through-wall sessions go to ``test`` only (RF-Pose never trains through
 walls). Visible sessions with at least one window, sorted by name: index % 5 == 3 → ``val``,
@@ -70,7 +71,7 @@ from tasks.rfpose.skeleton import KEYPOINTS, K
 from tasks.rfpose.sync import synchronize
 from tasks.rfpose.windows import plan_windows, reasons, window_session
 
-FORMAT = "visionflow.rfpose-windows/2"
+FORMAT = "visionflow.rfpose-windows/3"
 SPLITS = ("train", "val", "test")
 SHARD_SIZE = 64  # windows per shard: ~64 × 2 × 100 × 2 × 64 × 64 × 2 bytes ≈ 200 MB at the paper's size
 CHUNK = 256  # frames per block when scanning a session's heatmaps
@@ -145,10 +146,10 @@ def survey(source: Source, T: int, stride: int) -> Survey:
     sync = synchronize(session)
     windows, rejects = window_session(sync, T, stride)
     digest = hashlib.sha256()
-    sum_sq = scan(session.horizontal, digest)
+    sum_sq, moving_sq = scan(session.horizontal, digest)
     scan(session.vertical, digest)
     cells = session.horizontal.shape[0] * session.horizontal.shape[2] * session.horizontal.shape[3]
-    scale = float(np.sqrt(sum_sq / cells))
+    scale = float(np.sqrt((moving_sq if moving_sq > 1e-12 * sum_sq else sum_sq) / cells))
     if not scale > 0:
         raise fail(name, "rf/horizontal.npy", "every value is zero: no scale to normalise by")
     labels = {str(i): [{"keypoints": p["keypoints"].tolist(), "bbox": p["bbox"]} for p in people]
@@ -166,14 +167,16 @@ def survey(source: Source, T: int, stride: int) -> Survey:
                   digest=digest.hexdigest(), pose=pose)
 
 
-def scan(frames: np.ndarray, digest) -> float:
-    """Feed (N, C, H, W) frames to ``digest`` block by block; → their sum of squares."""
-    total = 0.0
+def scan(frames: np.ndarray, digest) -> tuple[float, float]:
+    """Feed (N, C, H, W) frames to ``digest`` block by block; → the sums of squares of the
+    frames and of their deviation from each cell's mean over time (what moves)."""
+    total, sums = 0.0, np.zeros(frames.shape[1:], np.float64)
     for start in range(0, len(frames), CHUNK):
         block = np.ascontiguousarray(frames[start:start + CHUNK], dtype=np.float32)
         digest.update(block.tobytes())
         total += float(np.square(block, dtype=np.float64).sum())
-    return total
+        sums += block.sum(axis=0, dtype=np.float64)
+    return total, max(0.0, total - float(np.square(sums).sum()) / max(len(frames), 1))
 
 
 def covered(n: int, windows: list[tuple[int, int]]) -> np.ndarray:

@@ -92,7 +92,8 @@ def test_samples_hold_scaled_heatmaps_teacher_keypoints_and_labelled_flags(batch
         first, stop = meta["frames"]
         assert sample["__key__"] == f"{s.name}-{first:06d}" and stop - first == T
         assert (meta["scene"], meta["image"]) == (s.scene, list(IMAGE))
-        scale = np.sqrt(np.sum(np.square(s.horizontal, dtype=np.float64)) / (len(s.rf_t) * RF[0] * RF[1]))
+        moving = s.horizontal.astype(np.float64) - s.horizontal.mean(axis=0, dtype=np.float64)
+        scale = np.sqrt(np.sum(np.square(moving)) / (len(s.rf_t) * RF[0] * RF[1]))
         assert meta["rf_scale"] == pytest.approx(scale, rel=1e-9)
         assert manifest["params"]["sessions"][s.name]["rf_scale"] == meta["rf_scale"]
         hori, vert = npy(sample["hori.npy"]), npy(sample["vert.npy"])
@@ -230,3 +231,18 @@ def test_hupr_sequences_keep_their_release_split_and_a_broken_one_is_rejected(tm
     assert sample["__key__"] == "single_9-000000" and npy(sample["hori.npy"]).shape == (1, 4, 4, 4)
     assert list(npy(sample["labelled.npy"])) == [True, False, True, False]
     assert json.loads(sample["json"])["image"] == [256, 256] and manifest["params"]["image"] == [256, 256]
+
+
+def test_a_static_echo_does_not_set_the_input_scale(tmp_path):
+    # the same session with a strong constant reflector added (a wall, 20x the RMS of what moves)
+    from tasks.rfpose.ingest import as_source, survey
+
+    plain = simulate_session(tmp_path / "plain", seed=10, seconds=2.0, rf_size=RF, image_size=IMAGE, clock_offset=True)
+    walled = tmp_path / "walled"
+    shutil.copytree(plain, walled)
+    h = np.load(plain / "rf" / "horizontal.npy")
+    moving = np.sqrt(np.mean(np.abs(h - h.mean(0)) ** 2))
+    np.save(walled / "rf" / "horizontal.npy", (h + 20 * moving).astype(np.complex64))
+    a, b = (survey(as_source(p), 8, 8).rf_scale for p in (plain, walled))
+    assert a == pytest.approx(moving, rel=1e-4)
+    assert b == pytest.approx(a, rel=1e-3)
