@@ -8,7 +8,7 @@
     visionflow pipeline inpaint --images DIR [--masks URL] [--size 256] [--perceptual models:/imagenet-vgg16@latest]
     visionflow simulate rfpose --out DIR [--sessions 8] [--seconds 20]
     visionflow ingest rfpose --source DIR | --hupr ROOT [--out DIR]
-    visionflow pipeline rfpose --simulate 8 | --source DIR | --hupr ROOT
+    visionflow pipeline rfpose --simulate 24 | --source DIR | --hupr ROOT
     visionflow train --data URL [--recipe mnist_mlp] [--epochs N]
     visionflow evaluate --checkpoint-dir DIR
 """

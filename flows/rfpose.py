@@ -5,7 +5,7 @@ student → evaluate (AP over OKS) against the mean-pose baseline.
     visionflow simulate rfpose --out ~/rfpose-sim --sessions 8 --seconds 20
     visionflow ingest rfpose --source ~/recordings [--out s3://bucket/datasets]
     visionflow ingest rfpose --hupr ~/HuPR
-    visionflow pipeline rfpose --simulate 8
+    visionflow pipeline rfpose --simulate 24
 """
 
 from __future__ import annotations

@@ -27,11 +27,14 @@ One sample per window, key ``<session>-<first frame:06d>``::
     json          {"session", "frames": [first, stop), "scene", "people": P,
                    "image": [width, height], "rf_scale"}
 
-Normalisation: one scale per session divides both streams: the RMS magnitude of what moves in
-its horizontal stream, ``sqrt(mean |x − x̄|²)`` over all frames and cells with ``x̄`` each
+Normalisation: each stream's static background, every cell's mean over the session, is
+subtracted (the wall, furniture and the back wall's echo, which a student trained in one room
+would otherwise learn as part of the scene), then one scale per session divides both streams:
+the RMS magnitude of what moves in its horizontal stream, ``sqrt(mean |x − x̄|²)`` over all frames and cells with ``x̄`` each
 cell's mean over the session (re² + im² for complex input; the plain RMS where nothing moves),
 so a radio's gain sets no input scale and neither do static reflectors: a wall's echo, many
-times a person's, would otherwise shrink the people behind it; it is stored as ``rf_scale``. Values are clipped to float16's range before the cast.
+times a person's, would otherwise shrink the people behind it; it is stored as ``rf_scale``.
+Values are clipped to float16's range before the cast.
 
 Splits, by session: through-wall sessions go to ``test`` only (RF-Pose never trains through
 walls). Visible sessions with at least one window, sorted by name: index % 5 == 3 → ``val``,
@@ -134,6 +137,7 @@ class Survey:
     label_index: np.ndarray
     report: dict
     rf_scale: float
+    background: tuple[np.ndarray, np.ndarray]   # each cell's mean over the session, per stream
     digest: str
     pose: PoseSums
 
@@ -146,8 +150,8 @@ def survey(source: Source, T: int, stride: int) -> Survey:
     sync = synchronize(session)
     windows, rejects = window_session(sync, T, stride)
     digest = hashlib.sha256()
-    sum_sq, moving_sq = scan(session.horizontal, digest)
-    scan(session.vertical, digest)
+    sum_sq, moving_sq, h_mean = scan(session.horizontal, digest)
+    _, _, v_mean = scan(session.vertical, digest)
     cells = session.horizontal.shape[0] * session.horizontal.shape[2] * session.horizontal.shape[3]
     scale = float(np.sqrt((moving_sq if moving_sq > 1e-12 * sum_sq else sum_sq) / cells))
     if not scale > 0:
@@ -164,19 +168,20 @@ def survey(source: Source, T: int, stride: int) -> Survey:
     return Survey(name=name, scene=session.scene, image=(session.width, session.height), frames=len(session.rf_t),
                   split=source.split, windows=windows, rejects=rejects, label_index=np.array(sync.label_index),
                   report={**sync.report, "rejected": reasons(rejects)}, rf_scale=scale,
-                  digest=digest.hexdigest(), pose=pose)
+                  background=(h_mean, v_mean), digest=digest.hexdigest(), pose=pose)
 
 
-def scan(frames: np.ndarray, digest) -> tuple[float, float]:
+def scan(frames: np.ndarray, digest) -> tuple[float, float, np.ndarray]:
     """Feed (N, C, H, W) frames to ``digest`` block by block; → the sums of squares of the
-    frames and of their deviation from each cell's mean over time (what moves)."""
+    frames and of their deviation from each cell's mean over time (what moves), and that mean."""
     total, sums = 0.0, np.zeros(frames.shape[1:], np.float64)
     for start in range(0, len(frames), CHUNK):
         block = np.ascontiguousarray(frames[start:start + CHUNK], dtype=np.float32)
         digest.update(block.tobytes())
         total += float(np.square(block, dtype=np.float64).sum())
         sums += block.sum(axis=0, dtype=np.float64)
-    return total, max(0.0, total - float(np.square(sums).sum()) / max(len(frames), 1))
+    n = max(len(frames), 1)
+    return total, max(0.0, total - float(np.square(sums).sum()) / n), (sums / n).astype(np.float32)
 
 
 def covered(n: int, windows: list[tuple[int, int]]) -> np.ndarray:
@@ -232,8 +237,8 @@ def npy(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def rf_window(frames: np.ndarray, first: int, stop: int, scale: float) -> np.ndarray:
-    x = np.asarray(frames[first:stop], dtype=np.float32) / np.float32(scale)
+def rf_window(frames: np.ndarray, first: int, stop: int, background: np.ndarray, scale: float) -> np.ndarray:
+    x = (np.asarray(frames[first:stop], dtype=np.float32) - background) / np.float32(scale)
     x = np.clip(x, -F16_MAX, F16_MAX).astype(np.float16)
     return np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (T, C, H, W) → (C, T, H, W)
 
@@ -249,8 +254,8 @@ def window_sample(session: Session, s: Survey, first: int, stop: int) -> dict:
             kp[t, j] = person["keypoints"]
             bbox[t, j] = person["bbox"]
     return {"__key__": f"{s.name}-{first:06d}",
-            "hori.npy": npy(rf_window(session.horizontal, first, stop, s.rf_scale)),
-            "vert.npy": npy(rf_window(session.vertical, first, stop, s.rf_scale)),
+            "hori.npy": npy(rf_window(session.horizontal, first, stop, s.background[0], s.rf_scale)),
+            "vert.npy": npy(rf_window(session.vertical, first, stop, s.background[1], s.rf_scale)),
             "kp.npy": npy(kp), "bbox.npy": npy(bbox), "labelled.npy": npy(label_index >= 0),
             "json": {"session": s.name, "frames": [first, stop], "scene": s.scene, "people": P,
                      "image": list(s.image), "rf_scale": s.rf_scale}}

@@ -1,7 +1,7 @@
 """The RF-Pose student recipes (Zhao et al., "Through-Wall Human Pose Estimation Using Radio
 Signals", CVPR 2018), as the one engine trains them.
 
-    visionflow pipeline rfpose --simulate 8
+    visionflow pipeline rfpose --simulate 24
     visionflow train --recipe rfpose_student --data ~/.visionflow/datasets/rfpose/v1 --width 0.25
 
 Two recipes, one loss and evaluation, two students (``models.rfpose``):
