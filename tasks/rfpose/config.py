@@ -48,7 +48,7 @@ class RfposePipelineConfig(Frozen):
     out: str | None = Field(None, description=RfposeIngestConfig.model_fields["out"].description)
     dataset: str = Field("rfpose", pattern=NAME, description="Dataset name under the root")
     window: int = Field(16, ge=2, description="Frames per window (CPU-sized default; the paper's is 100)")
-    epochs: int | None = Field(20, ge=1, description="Epochs (CPU-sized default; the recipe's own is 10)")
+    epochs: int | None = Field(16, ge=1, description="Epochs (CPU-sized default; the recipe's own is 10)")
     batch_size: int | None = Field(None, ge=1, description="Global batch size (default: the recipe's)")
     lr: float | None = Field(None, gt=0, description="Peak LR (default: the recipe's)")
     width: float = Field(0.25, gt=0, le=4, description="Student channel width (1: the paper's; 0.25 is CPU-sized)")
