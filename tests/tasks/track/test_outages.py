@@ -296,7 +296,9 @@ def test_a_flow_run_survives_a_prefect_server_restart_on_the_worker(servers, tmp
         deployment = client.create_deployment(
             client.create_flow_from_name("inpaint-masks"), "masks-outage", entrypoint="flows/inpaint.py:inpaint_masks",
             work_pool_name=stack.POOL,
-            parameters={"cfg": {"out": str(out), "size": 64, "train": 200, "test_per_bucket": 4}},
+            # 5,000 masks take ~15 s here: long enough that the run is mid-flight at the kill
+            # (200 took under a second, and a run that ends first proves nothing).
+            parameters={"cfg": {"out": str(out), "size": 64, "train": 5000, "test_per_bucket": 4}},
             pull_steps=[{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}])
         run_id = client.create_flow_run_from_deployment(deployment).id
         _wait(lambda: client.read_flow_run(run_id).state.is_running(), 180, "the flow run to start")
@@ -313,8 +315,8 @@ def test_a_flow_run_survives_a_prefect_server_restart_on_the_worker(servers, tmp
         run = client.read_flow_run(run_id)
         assert run.state.is_completed(), (run.state.type, run.state.message)
         assert run.end_time.timestamp() > killed_at
-    manifest = shards.read_manifest(str(out / "irregular-masks-64" / "seed0-train200-test4"))
-    assert {split: s["samples"] for split, s in manifest["splits"].items()} == {"train": 200, "test": 48}
+    manifest = shards.read_manifest(str(out / "irregular-masks-64" / "seed0-train5000-test4"))
+    assert {split: s["samples"] for split, s in manifest["splits"].items()} == {"train": 5000, "test": 48}
     assert stack.status(home).healthy, "the worker should poll the restarted server again"
 
 
