@@ -36,9 +36,11 @@ def mean_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def telea(image: torch.Tensor, mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
     """``cv2.inpaint(..., cv2.INPAINT_TELEA)`` per image on uint8 HWC; known pixels are the
-    input's own float values (not their 8-bit rounding)."""
+    input's own float values (not their 8-bit rounding). OpenCV takes the image's outermost
+    ring of pixels as known whatever the mask says, so hole pixels there would keep (and spread)
+    the ground truth: the holes are mean-filled first, and that ring keeps the mean colour."""
     known = _known(image, mask)
-    pixels = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8)
+    pixels = (mean_fill(image.detach(), mask).clamp(0, 1) * 255).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
     holes = (known[:, 0] < 0.5).cpu().numpy().astype(np.uint8) * 255  # (B, H, W), 255 = fill
     filled = np.stack([cv2.inpaint(np.ascontiguousarray(p), h, radius, cv2.INPAINT_TELEA)

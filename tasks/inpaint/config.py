@@ -43,7 +43,10 @@ class InpaintPipelineConfig(Frozen):
     epochs: int | None = Field(6, ge=1, description="Epochs, the last ~1/11 of them fine-tuning (CPU-sized "
                                "default; the recipe's own is 10 + 1)")
     batch_size: int | None = Field(None, ge=1, description="Global batch size (default: the paper's 6)")
-    lr: float | None = Field(None, gt=0, description="Stage-1 LR (default: the paper's 2e-4; stage 2 is a quarter)")
+    # The paper's 2e-4 is the recipe's (`visionflow train --recipe pconv_unet`); the width-0.25 net
+    # of a CPU run learns faster at 1e-3 (val PSNR 22.1 dB vs 19.5 after 200 steps, README).
+    lr: float | None = Field(1e-3, gt=0, description="Stage-1 LR (default 1e-3 for the CPU-sized net; the "
+                             "paper's, and the recipe's, is 2e-4; stage 2 is a quarter)")
     width: float = Field(0.25, gt=0, le=4, description="U-Net channel width (1: the paper's network; "
                          "the default 0.25 is CPU-sized)")
     nproc: int | None = Field(None, ge=1, description="Training processes per node (default: one per GPU, "
