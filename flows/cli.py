@@ -124,7 +124,7 @@ def pipeline_inpaint(cfg: Annotated[InpaintPipelineConfig, Parameter(name="*")])
     result = _run(inpaint_pipeline, cfg)
     _print_summary(result["data"], result["train"], result["evaluate"])
     scores = result["evaluate"]
-    for method in ("", "untrained/", "baseline/mean/", "baseline/telea/"):
+    for method in ("", "self_ensemble/", "untrained/", "baseline/mean/", "baseline/telea/"):
         values = [scores.get(f"test/{method}{m}") for m in ("l1_hole", "l1", "psnr", "ssim")]
         if None not in values:
             print(f"  {method.strip('/') or 'pconv_unet':<16}hole L1 {values[0]:.2%}   L1 {values[1]:.2%}   "

@@ -50,11 +50,13 @@ def inpaint_pipeline(cfg: InpaintPipelineConfig) -> dict:
     vgg = steps.resolve_perceptual(cfg.perceptual, uri, str(home / "weights"))
     trained = train(TrainConfig(recipe="pconv_unet", data=url, epochs=cfg.epochs, batch_size=cfg.batch_size,
                                 lr=cfg.lr, width=cfg.width, nproc=cfg.nproc, num_workers=cfg.num_workers,
-                                max_steps_per_epoch=cfg.max_steps_per_epoch, options={"perceptual": vgg},
+                                max_steps_per_epoch=cfg.max_steps_per_epoch,
+                                options={"perceptual": vgg, "l1_norm": cfg.l1_norm},
                                 run_name=cfg.run_name or f"{cfg.dataset}-{cfg.size}-pconv-unet"))
     scores = evaluate(EvaluateConfig(checkpoint_dir=trained["checkpoint_dir"], split="test", batch_size=16))
-    scores.update(evaluate(EvaluateConfig(checkpoint_dir=trained["checkpoint_dir"], split="test", batch_size=16,
-                                          untrained=True)))
+    for variant in ("untrained", "self_ensemble"):
+        scores.update(evaluate(EvaluateConfig(checkpoint_dir=trained["checkpoint_dir"], split="test",
+                                              batch_size=16, **{variant: True})))
     latency = steps.measure_latency(trained["checkpoint_dir"])
     return {"data": {"url": url, "masks": masks_url, "rejects": manifest["rejects"],
                      "samples": {split: s["samples"] for split, s in manifest["splits"].items()}},

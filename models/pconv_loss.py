@@ -11,6 +11,11 @@ Perceptual and style terms compare VGG16 pool1, pool2 and pool3 features. Their 
 handed in: a path to a VGG16 state dict (torchvision layout, ``features.N.*`` keys) or the
 state dict itself. Random VGG weights make those terms meaningless, so they are refused unless
 ``allow_random_weights=True`` (smoke tests only).
+
+``l1_norm`` says what L_valid and L_hole are averaged over: ``"size"`` (the paper's: every
+element of the image, N = C·H·W, so an image with 5 % holes adds a tenth of the hole loss a 50 %
+one adds) or ``"mask"`` (MMagic's ``mask_reduce_loss``: each image's own hole or valid elements,
+then the mean over images, so every image's holes weigh the same whatever their area).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +35,7 @@ VGG16_TO_POOL3 = VGG_CFGS["D"][:10]  # 64, 64, M, 128, 128, M, 256, 256, 256, M
 POOL_LAYERS = (4, 9, 16)  # indices of pool1, pool2, pool3 in VGG16's ``features``
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+L1_NORMS = ("size", "mask")
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,14 @@ class VGG16PoolFeatures(nn.Module):
         return pools
 
 
+def masked_l1(error: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """Per image, the mean of ``error`` over the region's elements (0 for an empty region), then
+    the mean over the batch."""
+    region = region.expand_as(error)
+    per_image = (error * region).sum(dim=(1, 2, 3)) / region.sum(dim=(1, 2, 3)).clamp(min=1)  # (B,)
+    return per_image.mean()
+
+
 def gram(features: torch.Tensor) -> torch.Tensor:
     b, c, h, w = features.shape
     f = features.float().reshape(b, c, h * w)  # (B, C, HW); float32: HW-long sums overflow fp16
@@ -129,8 +144,12 @@ class PConvLoss(nn.Module):
 
     def __init__(self, vgg_weights: str | os.PathLike | Mapping[str, torch.Tensor] | None = None,
                  *, weights: PConvLossWeights = PConvLossWeights(),
-                 imagenet_normalize: bool = True, allow_random_weights: bool = False):
+                 imagenet_normalize: bool = True, allow_random_weights: bool = False,
+                 l1_norm: Literal["size", "mask"] = "size"):
         super().__init__()
+        if l1_norm not in L1_NORMS:
+            raise ValueError(f"l1_norm must be one of {', '.join(L1_NORMS)}, got {l1_norm!r}")
+        self.l1_norm = l1_norm
         self.vgg = VGG16PoolFeatures(vgg_weights, allow_random_weights=allow_random_weights)
         self.weights = weights
         self.imagenet_normalize = imagenet_normalize
@@ -138,6 +157,12 @@ class PConvLoss(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
                              persistent=False)
+
+    def vgg_input(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std if self.imagenet_normalize else images
+
+    def l1(self, error: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+        return (region * error).mean() if self.l1_norm == "size" else masked_l1(error, region)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor,
                 mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -149,16 +174,15 @@ class PConvLoss(nn.Module):
         # I_comp: the prediction in the holes, the known pixels elsewhere (M ⊙ I_in equals
         # M ⊙ I_gt, since the input is the ground truth outside the holes).
         comp = mask * target + hole * output
-        terms = {
-            "valid": (mask * (output - target)).abs().mean(),
-            "hole": (hole * (output - target)).abs().mean(),
-        }
-        vgg_in = torch.cat([output, comp, target])  # one pass for the three images: (3B, C, H, W)
-        if self.imagenet_normalize:
-            vgg_in = (vgg_in - self.mean) / self.std
+        error = (output - target).abs()
+        terms = {"valid": self.l1(error, mask), "hole": self.l1(error, hole)}
+        # The target's features need no gradient: a pass of their own keeps the backward pass
+        # to the output and the composite (a third less of VGG's backward).
+        with torch.no_grad():
+            gt_feats = self.vgg(self.vgg_input(target))
         perceptual = style_out = style_comp = 0.0
-        for feats in self.vgg(vgg_in):
-            f_out, f_comp, f_gt = feats.chunk(3)
+        for feats, f_gt in zip(self.vgg(self.vgg_input(torch.cat([output, comp]))), gt_feats):
+            f_out, f_comp = feats.chunk(2)  # (2B, ...) → output's, composite's
             perceptual = perceptual + (f_out - f_gt).abs().mean() + (f_comp - f_gt).abs().mean()
             g_gt = gram(f_gt)
             style_out = style_out + (gram(f_out) - g_gt).abs().mean()

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.catalog import RECIPES
 
@@ -89,5 +89,19 @@ class EvaluateConfig(Frozen):
     untrained: bool = Field(False, description="Score a freshly initialised network of the run's recipe "
                             "(seeded as the run was) instead of its checkpoint: what training added; "
                             "metrics named <split>/untrained/<metric>")
+    self_ensemble: bool = Field(False, description="Average the outputs of the 8 flips and quarter turns "
+                                "of each input (recipes with image outputs, e.g. pconv_unet; 8× the "
+                                "inference): metrics named <split>/self_ensemble/<metric>")
+
+    @model_validator(mode="after")
+    def _one_variant(self):
+        if self.untrained and self.self_ensemble:
+            raise ValueError("untrained and self_ensemble score different things: ask for one at a time")
+        return self
+
+    @property
+    def variant(self) -> str | None:
+        """What is scored besides the trained network as it is: the name its metrics carry."""
+        return "untrained" if self.untrained else "self_ensemble" if self.self_ensemble else None
 
 

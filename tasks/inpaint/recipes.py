@@ -7,7 +7,9 @@ Convolutions", ECCV 2018), as the one engine trains it.
 The paper's table:
 
 - loss: valid 1, hole 6, perceptual 0.05, style 120 (on the output and the composite), TV 0.1
-  (``models.pconv_loss``), VGG16 pool1–3 features of ImageNet-normalised [0, 1] images;
+  (``models.pconv_loss``), VGG16 pool1–3 features of ImageNet-normalised [0, 1] images; the L1
+  terms averaged over all C·H·W elements (option ``l1_norm=size``, the paper's) or per image over
+  its own hole or valid pixels (``l1_norm=mask``, what the CPU-sized pipeline uses);
 - Adam; stage 1 at LR 2e-4 with batch norm everywhere, stage 2 (fine-tuning) at 5e-5 with the
   encoder's batch norm frozen; batch 6. The paper gives days, not steps (10 days + 1 on Places2),
   so the recipe runs ten epochs of stage 1 and one of stage 2, and a shorter or longer run keeps
@@ -29,6 +31,7 @@ import torch
 
 from tasks.data.reader import decode_image, read_shard, shards_of
 from tasks.inpaint import masks, perceptual
+from tasks.errors import BadInput
 from tasks.inpaint.evaluator import InpaintEvaluator
 from tasks.train.recipe import Optimizer, Recipe
 from tasks.train.schedules import Phase, Schedule
@@ -97,12 +100,15 @@ def to_device(batch, device: torch.device):
     return (image * known, known), (image, known, bucket.to(device), border.to(device))
 
 
-def loss(device: torch.device, perceptual: str | None = None):
-    """The paper's five-term loss; its VGG16 weights come from the ``perceptual`` option."""
-    from models.pconv_loss import PConvLoss
+def loss(device: torch.device, perceptual: str | None = None, l1_norm: str = "size"):
+    """The paper's five-term loss; its VGG16 weights come from the ``perceptual`` option, what its
+    L1 terms average over from ``l1_norm``."""
+    from models.pconv_loss import L1_NORMS, PConvLoss
 
+    if l1_norm not in L1_NORMS:
+        raise BadInput(f"recipe pconv_unet: option l1_norm must be one of {', '.join(L1_NORMS)}, got {l1_norm!r}")
     weights = perceptual_weights(perceptual)
-    module = PConvLoss(weights, allow_random_weights=weights is None).to(device)
+    module = PConvLoss(weights, allow_random_weights=weights is None, l1_norm=l1_norm).to(device)
     return lambda output, targets: module(output, targets[0], targets[1])["total"]
 
 
@@ -131,7 +137,10 @@ PCONV_UNET = Recipe(
     # 2e-4 → 5e-5 where the fine-tuning phase begins (knots land on the phase's epoch)
     schedule=Schedule("piecewise", knots=((0, 1.0), (FINE_TUNE, 1.0), (FINE_TUNE, 0.25), (EPOCHS, 0.25))),
     phases=(Phase(0), Phase(FINE_TUNE)), select="psnr", val_split="val",
-    on_phase=freeze_encoder_bn_when_fine_tuning,
+    on_phase=freeze_encoder_bn_when_fine_tuning, self_ensemble=True,
     options={"perceptual": "VGG16 weights of the perceptual and style losses: a state-dict file "
                            "(torchvision's vgg16-397923af.pth, or what the pipeline saved from a "
-                           "models:/ URI) or 'random' (smoke runs only)"})
+                           "models:/ URI) or 'random' (smoke runs only)",
+             "l1_norm": "what the valid and hole L1 terms average over: 'size' (the paper's, every "
+                        "element of the image) or 'mask' (MMagic's, each image's own hole or valid "
+                        "elements, so small holes weigh as much as large ones)"})

@@ -3,7 +3,8 @@ and log the metrics and the evaluator's plots and tables to the training run in 
 
 The checkpoint scored is ``best.pt`` (the epoch the recipe's selection metric liked best), or
 ``last.pt`` where there is no best; data is decoded as the validation of that epoch's phase.
-``untrained`` scores the network as the run initialised it instead, a baseline for any recipe.
+``untrained`` scores the network as the run initialised it instead, a baseline for any recipe;
+``self_ensemble`` the trained network averaged over the 8 flips and quarter turns of its inputs.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from torch.utils.data import DataLoader
 from tasks.config import EvaluateConfig
 from tasks.data import storage
 from tasks.data.reader import ShardStream, shards_of
-from tasks.errors import retry_unless_bad_input
+from tasks.errors import BadInput, retry_unless_bad_input
 from tasks.train.engine import BEST, CHECKPOINT, Job, load_checkpoint
+from tasks.train.ensemble import SelfEnsemble
 from tasks.train.evaluator import run_evaluation
 from tasks.train.recipe import EvalContext
 
@@ -46,14 +48,20 @@ def score(cfg: EvaluateConfig) -> tuple[Job, dict, dict]:
     phase = job.sized(job.phase(state["epoch"]))
     if recipe.on_phase:  # the model as that epoch trained it (PConv's fine-tuning BN freeze)
         recipe.on_phase(model, job.phases.index(job.phase(state["epoch"])), phase)
+    if cfg.self_ensemble:
+        if not recipe.self_ensemble:
+            raise BadInput(f"recipe {recipe.name} has no self-ensemble: its outputs are not images "
+                           "aligned with its inputs")
+        model = SelfEnsemble(model)
     split = cfg.split or recipe.val_split
     data = cfg.data or job.data_url(phase)
     stream = ShardStream(shards_of(data, split), recipe.decoder(phase, False), shuffle=False, policy="exact")
     loader = DataLoader(stream, batch_size=cfg.batch_size, collate_fn=recipe.collate(phase, False))
     device = torch.device("cpu")
-    evaluator = recipe.evaluator(EvalContext(job.classes, device, detailed=not cfg.untrained))
+    # the plain network's evaluation alone draws the pictures and scores the baselines
+    evaluator = recipe.evaluator(EvalContext(job.classes, device, detailed=cfg.variant is None))
     metrics = run_evaluation(model, loader, recipe, evaluator, job.build_loss(device), device)
-    prefix = f"{split}/untrained/" if cfg.untrained else f"{split}/"
+    prefix = f"{split}/{cfg.variant}/" if cfg.variant else f"{split}/"
     metrics = {f"{prefix}{k}": v for k, v in metrics.items()}
     return job, metrics, evaluator.artifacts()
 
@@ -79,7 +87,7 @@ def evaluate_task(cfg: EvaluateConfig) -> dict:
     job, metrics, artifacts = score(cfg)
     if job.mlflow_run_id:
         log_to_run(job.tracking_uri, job.mlflow_run_id, metrics, artifacts,
-                   "evaluation/untrained" if cfg.untrained else "evaluation")
+                   f"evaluation/{cfg.variant}" if cfg.variant else "evaluation")
     get_run_logger().info("%s", ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if "/acc/" not in k))
     return {**metrics, "mlflow_run_id": job.mlflow_run_id, "tracking_uri": job.tracking_uri,
             "select": f"{cfg.split or job.recipe.val_split}/{job.recipe.select}"}

@@ -116,6 +116,9 @@ class Recipe:
     # (model, phase index, phase) → None: run when a phase starts, and on resume into it, for
     # what a phase changes in the model itself (PConv's fine-tuning freezes the encoder's BN)
     on_phase: Callable[[nn.Module, int, Phase], None] | None = None
+    # outputs are images aligned with the (square) inputs, so the evaluation may average the 8
+    # flips and quarter turns (``tasks.train.ensemble``, ``EvaluateConfig.self_ensemble``)
+    self_ensemble: bool = False
 
     def check_options(self, options: dict[str, str]) -> None:
         unknown = sorted(set(options) - set(self.options))

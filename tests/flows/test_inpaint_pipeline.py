@@ -64,6 +64,7 @@ def test_two_stages_train_in_one_run_and_the_run_shows_them(run, home):
     assert mlflow_run.info.status == "FINISHED"
     assert client.get_experiment(mlflow_run.info.experiment_id).name == "inpaint"
     assert mlflow_run.data.params["options.perceptual"].endswith(".pt")  # the fetched registry VGG16
+    assert mlflow_run.data.params["options.l1_norm"] == "mask"  # the pipeline's CPU-sized default
     version = client.get_model_version_by_alias("inpaint-pconv_unet", "latest")
     assert version.run_id == mlflow_run.info.run_id
 
@@ -79,6 +80,9 @@ def test_metrics_per_bucket_and_flag_for_the_network_and_both_baselines(run, hom
                     assert f"test/{method}{metric}/{bucket}/{flag}" in scores
     assert 0 < scores["test/ssim"] <= 1 and scores["test/psnr"] > 0
     assert {"test/untrained/l1_hole", "test/untrained/psnr/r50-60/border"} <= set(scores)
+    # the self-ensemble scores the network alone: no second copy of the baselines
+    assert {"test/self_ensemble/l1_hole", "test/self_ensemble/ssim/r01-10/border"} <= set(scores)
+    assert not any(k.startswith("test/self_ensemble/baseline/") for k in scores)
     assert scores["test/latency_s_512"] > 0
     client = MlflowClient(tracking_uri(home, os.environ))
     run_id = result["train"]["mlflow_run_id"]
@@ -88,6 +92,8 @@ def test_metrics_per_bucket_and_flag_for_the_network_and_both_baselines(run, hom
     assert "test/latency_s_512" in logged
     artifacts = {a.path for a in client.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/inpaint_table.md", "evaluation/inpaint_grid.png"} <= artifacts
+    assert "evaluation/self_ensemble/inpaint_table.md" in {
+        a.path for a in client.list_artifacts(run_id, "evaluation/self_ensemble")}
 
 
 def test_a_missing_registered_perceptual_network_is_a_clear_error(home, tmp_path):

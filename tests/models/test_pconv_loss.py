@@ -144,3 +144,26 @@ def test_a_width_scaled_vgg16_serves_with_the_widths_of_its_weights():
     pools = features(torch.zeros(1, 3, 32, 32))
     assert [p.shape[1] for p in pools] == [16, 32, 64]
     assert torch.equal(features.features[0].weight, narrow["features.0.weight"])
+
+
+def test_mask_normalised_l1_weighs_each_images_holes_alike_whatever_their_area(vgg_state):
+    target = torch.rand(2, 3, 32, 32)
+    mask = torch.ones(2, 1, 32, 32)
+    mask[0, :, :4, :4] = 0  # 16 hole pixels
+    mask[1, :, :16, :16] = 0  # 256
+    output = target + 0.2 * (1 - mask) + 0.1 * mask  # off by 0.2 in every hole, 0.1 elsewhere
+    size = PConvLoss(vgg_state)(output, target, mask)
+    per_image = PConvLoss(vgg_state, l1_norm="mask")(output, target, mask)
+    torch.testing.assert_close(per_image["hole"], torch.tensor(0.2))
+    torch.testing.assert_close(per_image["valid"], torch.tensor(0.1))
+    torch.testing.assert_close(size["hole"], 0.2 * (1 - mask).mean())  # the paper's: 0.2 × hole share
+    for name in ("perceptual", "style_out", "style_comp", "tv"):
+        torch.testing.assert_close(per_image[name], size[name])
+    # a hole-free image adds 0 to the hole term instead of dividing by zero
+    whole = PConvLoss(vgg_state, l1_norm="mask")(output[:1], target[:1], torch.ones(1, 1, 32, 32))
+    assert whole["hole"] == 0 and torch.isfinite(whole["total"])
+
+
+def test_an_unknown_l1_norm_is_refused():
+    with pytest.raises(ValueError, match="l1_norm must be one of size, mask, got 'pixels'"):
+        PConvLoss(allow_random_weights=True, l1_norm="pixels")

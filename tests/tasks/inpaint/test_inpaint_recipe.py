@@ -49,6 +49,25 @@ def test_unknown_recipe_options_are_refused_by_name():
         Job(cfg, "-", "tasks.inpaint.recipes:PCONV_UNET").build_loss(torch.device("cpu"))
 
 
+def test_the_l1_norm_option_reaches_the_loss_and_a_wrong_one_names_the_choices():
+    image = torch.rand(2, 3, 32, 32)
+    known = torch.ones(2, 1, 32, 32)
+    known[0, :, :4, :4] = 0  # a small hole and a large one, each off by 0.5
+    known[1, :, :16, :16] = 0
+    output = image + 0.5 * (1 - known)
+    losses = {}
+    for norm in ("size", "mask"):
+        cfg = TrainConfig(recipe="pconv_unet", data="-", options={"perceptual": "random", "l1_norm": norm})
+        torch.manual_seed(0)  # the same random VGG16 for both
+        losses[norm] = Job(cfg, "-", "tasks.inpaint.recipes:PCONV_UNET").build_loss(torch.device("cpu"))
+    per_image, size = (losses[n](output, (image, known)) for n in ("mask", "size"))
+    # hole weight 6: the per-image hole mean is 0.5, the size-averaged one 0.5 × the hole share
+    torch.testing.assert_close(per_image - size, 6 * 0.5 * (1 - (1 - known).mean()), rtol=1e-4, atol=1e-6)
+    cfg = TrainConfig(recipe="pconv_unet", data="-", options={"perceptual": "random", "l1_norm": "pixel"})
+    with pytest.raises(ValueError, match="option l1_norm must be one of size, mask, got 'pixel'"):
+        Job(cfg, "-", "tasks.inpaint.recipes:PCONV_UNET").build_loss(torch.device("cpu"))
+
+
 def _jpeg(side, seed):
     rng = np.random.default_rng(seed)
     out = io.BytesIO()

@@ -24,6 +24,7 @@ from models.rfpose import confidence_map_bce, keypoints_from_maps
 from tasks import catalog
 from tasks.config import EvaluateConfig, TrainConfig
 from tasks.data import shards, storage
+from tasks.errors import BadInput
 from tasks.mnist import idx as mnist
 from tasks.train import engine
 from tasks.train.engine import CHECKPOINT, Job, load_checkpoint
@@ -240,6 +241,9 @@ def test_every_shape_trains_under_ddp_and_its_reduced_metrics_are_exact(shape, d
     for key in expected:
         split_key = key.replace("val/", f"{job.recipe.val_split}/")
         assert scored[split_key] == pytest.approx(validated[key], rel=1e-4, abs=1e-5), key
+    if shape == "classification":  # logits have no orientation to turn back
+        with pytest.raises(BadInput, match="recipe mnist_mlp has no self-ensemble"):
+            score(EvaluateConfig(checkpoint_dir=str(tmp_path), self_ensemble=True))
 
 
 def test_a_dense_recipe_learns(datasets, tmp_path):
