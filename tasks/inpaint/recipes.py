@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from tasks.data.reader import decode_image, read_shard, shards_of
-from tasks.inpaint import masks, perceptual
 from tasks.errors import BadInput
+from tasks.inpaint import masks, perceptual
 from tasks.inpaint.evaluator import InpaintEvaluator
 from tasks.train.recipe import Optimizer, Recipe
 from tasks.train.schedules import Phase, Schedule
