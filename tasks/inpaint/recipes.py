@@ -33,6 +33,7 @@ from tasks.data.reader import decode_image, read_shard, shards_of
 from tasks.errors import BadInput
 from tasks.inpaint import masks, perceptual
 from tasks.inpaint.evaluator import InpaintEvaluator
+from tasks.train.ensemble import dihedral
 from tasks.train.recipe import Optimizer, Recipe
 from tasks.train.schedules import Phase, Schedule
 
@@ -74,9 +75,7 @@ class TrainPairs:
         seed = sample["__seed__"]
         hole = masks.decode_png(pngs[seed % len(pngs)])
         turn = (seed // len(pngs)) % 8  # one of the 8 flips and quarter turns of the square
-        hole = np.rot90(hole, turn % 4)
-        if turn >= 4:
-            hole = hole[:, ::-1]
+        hole = dihedral(torch.from_numpy(hole), turn).numpy()
         image = decode_image(sample["jpg"], mode="RGB")
         if (seed >> 24) & 1:
             image = image.flip(-1)
